@@ -1,0 +1,114 @@
+"""Where the key, the base URL and the data folder come from, and the rules that keep the key safe.
+
+Resolution order is always: explicit argument, then environment variable, then default. The key is
+only ever sent over https, or over plain http to a loopback host (the local sandbox).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+
+ENV_API_KEY = "VYDRA_API_KEY"
+ENV_BASE_URL = "VYDRA_BASE_URL"
+ENV_HOME = "VYDRA_NB_HOME"
+
+# The apex host answers with a redirect to www; following it drops the Authorization header and
+# turns a POST into a GET (reference/vydra-notes.md), so the default is the www host.
+DEFAULT_BASE_URL = "https://www.vydra.ai/api/v1"
+_APEX_HOST = "vydra.ai"
+
+USD_PER_CREDIT = 0.003  # Creator plan rate, from the reference's pricing table.
+
+MISSING_KEY_MESSAGE = (
+    "No Vydra API key: pass Client(api_key=...), set the VYDRA_API_KEY environment variable, or run "
+    "`%vydra login` in a notebook. The local sandbox needs no key: `%vydra sandbox` or "
+    "`vydra-nb sandbox`."
+)
+
+
+def resolve_api_key(api_key: str | None = None) -> str | None:
+    """The key from the argument, else ``VYDRA_API_KEY``; None when neither is set."""
+    key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+    if key is None:
+        return None
+    key = key.strip()
+    return key or None
+
+
+def resolve_base_url(base_url: str | None = None) -> str:
+    """The API root, normalised: no trailing slash, and the apex host rewritten to www.
+
+    Raises ConfigurationError for anything that is not an absolute http(s) URL.
+    """
+    url = (base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"Base URL {url!r} is not an http(s) URL; use something like {DEFAULT_BASE_URL}."
+        )
+    netloc = parts.netloc
+    if parts.hostname == _APEX_HOST:
+        netloc = netloc.replace(_APEX_HOST, "www." + _APEX_HOST, 1)
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1: the only hosts plain http may carry the key to."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_key_transport(url: str) -> None:
+    """Refuse to send a key anywhere but https or a loopback http server."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+        return
+    raise ConfigurationError(
+        f"Refusing to send the API key over plain http to {parts.hostname!r}: use an https URL "
+        "(plain http is only allowed for a local sandbox on 127.0.0.1 or localhost)."
+    )
+
+
+def is_sandbox_url(url: str) -> bool:
+    """A loopback base URL is a local sandbox: views label it so nobody mistakes it for the real thing."""
+    return is_loopback_host(urlsplit(url).hostname)
+
+
+def data_home() -> Path:
+    """The data folder (history database, downloads): ``VYDRA_NB_HOME`` or the platform's user data dir."""
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_path
+
+    return user_data_path("vydra-nb", appauthor=False)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Replace every occurrence of each secret in ``text`` so server echoes cannot leak a key."""
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def mask_key(key: str | None) -> str:
+    """A display form that says which kind of key is set without revealing any of it."""
+    if not key:
+        return "<none>"
+    head, sep, _ = key.rpartition("_")
+    return f"{head}{sep}***" if sep and len(head) < len(key) // 2 + 8 else "***"
