@@ -1,2 +1,66 @@
-"""vydra_nb: notebook-native video, image and audio generation with the Vydra.ai API."""
+"""vydra_nb: notebook-native video, image and audio generation with the Vydra.ai API.
+
+``%load_ext vydra_nb`` must stay fast, so this module imports almost nothing: the public names are
+resolved on first use (PEP 562 ``__getattr__``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+
+from .errors import (  # noqa: E402  (light: the exception family has no dependencies)
+    APIConnectionError,
+    AuthenticationError,
+    ConfigurationError,
+    CreditWarning,
+    DownloadError,
+    InsufficientCreditsError,
+    JobCancelledError,
+    JobFailedError,
+    JobTimeoutError,
+    NotFoundError,
+    OutcomeUnknownError,
+    RateLimitError,
+    ResponseError,
+    ServerError,
+    ValidationError,
+    VydraError,
+)
+
+_LAZY = {
+    "Client": ("vydra_nb.client", "Client"),
+    "Job": ("vydra_nb.jobs", "Job"),
+    "Model": ("vydra_nb.models", "Model"),
+    "Organization": ("vydra_nb.models", "Organization"),
+    "CancelResult": ("vydra_nb.models", "CancelResult"),
+    "PollPolicy": ("vydra_nb.polling", "PollPolicy"),
+    "Limit": ("vydra_nb.ratelimit", "Limit"),
+    "sandbox": ("vydra_nb.sandbox", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'vydra_nb' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(target[0])
+    value = module if target[1] is None else getattr(module, target[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = [
+    "APIConnectionError", "AuthenticationError", "CancelResult", "Client", "ConfigurationError",
+    "CreditWarning", "DownloadError", "InsufficientCreditsError", "Job", "JobCancelledError",
+    "JobFailedError", "JobTimeoutError", "Limit", "Model", "NotFoundError", "Organization",
+    "OutcomeUnknownError", "PollPolicy", "RateLimitError", "ResponseError", "ServerError",
+    "ValidationError", "VydraError", "sandbox",
+]

@@ -1,0 +1,325 @@
+"""API objects that are not jobs: ``Model`` (with its schema, validation and pricing) and ``Organization``.
+
+Everything here is driven by what ``GET /models`` returns: a model the server adds tomorrow gets
+its parameters, prompt field, validation and price from its ``inputSchema`` with no code change.
+Parsing is tolerant: unknown fields are kept in ``extra``, missing optional ones become None.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import ValidationError
+
+# Fields a cell body may fill, in order of preference, when the schema has several string fields.
+PROMPT_FIELD_NAMES = ("prompt", "text", "customPrompt", "custom_prompt", "description", "query", "input")
+
+# Schema extension keywords a server may use to price a parameter's values (e.g. Grok image vs video).
+PRICE_KEYWORDS = ("x-vydra-credits", "x-credits", "x-pricing")
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "an object",
+    "null": "null",
+}
+
+
+def as_int(value: Any) -> int | None:
+    """A tolerant integer: ints, integral floats and numeric strings; anything else is None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(float(value.strip()))
+        except (ValueError, OverflowError):
+            return None
+    return None
+
+
+def as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else (None if value is None else str(value))
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """ISO-8601 (with ``Z``) or unix seconds; None for anything unparseable."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        if isinstance(value, (int, float)):
+            from datetime import timezone
+
+            return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        if isinstance(value, str):
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                from datetime import timezone
+
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return parsed
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One property of a model's ``inputSchema``, flattened for forms, flags and help."""
+
+    name: str
+    type: str | None
+    required: bool
+    default: Any = None
+    enum: tuple[Any, ...] | None = None
+    description: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    prices: dict[str, int] | None = None
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling: ``aspect_ratio`` and ``aspectRatio`` both become ``--aspect-ratio``."""
+        out = []
+        for i, ch in enumerate(self.name):
+            if ch.isupper() and i and self.name[i - 1].islower():
+                out.append("-")
+            out.append("-" if ch == "_" else ch.lower())
+        return "--" + "".join(out)
+
+
+def _schema_type(prop: dict[str, Any]) -> str | None:
+    t = prop.get("type")
+    if isinstance(t, list):
+        t = next((x for x in t if x != "null"), None)
+    if t is None and "enum" in prop and prop["enum"]:
+        sample = prop["enum"][0]
+        t = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(sample))
+    return t if isinstance(t, str) else None
+
+
+@dataclass(eq=False)
+class Model:
+    """A model from ``GET /models``."""
+
+    slug: str
+    name: str | None = None
+    provider: str | None = None
+    credits_per_unit: int | None = None
+    pricing_unit: str | None = None
+    description: str | None = None
+    input_schema: dict[str, Any] = field(default_factory=dict, repr=False)
+    is_active: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> "Model":
+        known = {"slug", "name", "provider", "creditsPerUnit", "pricingUnit", "description", "inputSchema", "isActive"}
+        schema = data.get("inputSchema")
+        active = data.get("isActive")
+        return cls(
+            slug=str(data["slug"]),
+            name=as_str(data.get("name")),
+            provider=as_str(data.get("provider")),
+            credits_per_unit=as_int(data.get("creditsPerUnit")),
+            pricing_unit=as_str(data.get("pricingUnit")),
+            description=as_str(data.get("description")),
+            input_schema=schema if isinstance(schema, dict) else {},
+            is_active=active if isinstance(active, bool) else True,
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    # -- schema -----------------------------------------------------------------------------
+    @property
+    def properties(self) -> dict[str, dict[str, Any]]:
+        props = self.input_schema.get("properties")
+        if not isinstance(props, dict):
+            return {}
+        return {k: v for k, v in props.items() if isinstance(k, str) and isinstance(v, dict)}
+
+    @property
+    def required(self) -> list[str]:
+        req = self.input_schema.get("required")
+        return [r for r in req if isinstance(r, str)] if isinstance(req, list) else []
+
+    @property
+    def parameters(self) -> list[Parameter]:
+        required = set(self.required)
+        out = []
+        for name, prop in self.properties.items():
+            enum = prop.get("enum")
+            prices = next((prop[k] for k in PRICE_KEYWORDS if isinstance(prop.get(k), dict)), None)
+            out.append(
+                Parameter(
+                    name=name,
+                    type=_schema_type(prop),
+                    required=name in required,
+                    default=prop.get("default"),
+                    enum=tuple(enum) if isinstance(enum, list) else None,
+                    description=as_str(prop.get("description")),
+                    minimum=prop.get("minimum") if isinstance(prop.get("minimum"), (int, float)) else None,
+                    maximum=prop.get("maximum") if isinstance(prop.get("maximum"), (int, float)) else None,
+                    prices={str(k): as_int(v) for k, v in prices.items() if as_int(v) is not None} if prices else None,
+                )
+            )
+        return out
+
+    def parameter(self, name: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+    @property
+    def prompt_field(self) -> str | None:
+        """The field a cell body fills: a known prompt-like name, else the first free-text string."""
+        props = self.properties
+        for name in PROMPT_FIELD_NAMES:
+            if name in props and _schema_type(props[name]) in ("string", None) and "enum" not in props[name]:
+                return name
+        for p in self.parameters:
+            prop = props[p.name]
+            if p.type == "string" and p.enum is None and "format" not in prop and not p.name.endswith("url"):
+                return p.name
+        return None
+
+    # -- pricing ----------------------------------------------------------------------------
+    def price(self, params: dict[str, Any] | None = None) -> int | None:
+        """Credits one submission with ``params`` costs, as far as the model list says.
+
+        A parameter whose schema prices its values (``x-vydra-credits``) overrides the model's
+        ``creditsPerUnit`` for the value chosen (or its default). Per-minute pricing counts one unit:
+        the length of an input file is not known before the server reads it.
+        """
+        params = params or {}
+        price = self.credits_per_unit
+        for p in self.parameters:
+            if p.prices:
+                value = params.get(p.name, p.default)
+                if value is not None and str(value) in p.prices:
+                    price = p.prices[str(value)]
+        return price
+
+    def price_variants(self) -> list[tuple[str | None, int | None]]:
+        """(label, credits) for each distinct priced value, e.g. ``[("text-to-image", 8), ...]``."""
+        for p in self.parameters:
+            if p.prices:
+                return [(f"{p.name}={value}", credits) for value, credits in p.prices.items()]
+        return [(None, self.credits_per_unit)]
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Check ``params`` against ``inputSchema`` before anything is sent; return them unchanged.
+
+        Raises ValidationError naming the field and what is allowed. A schema the validator cannot
+        read is not held against the user: the server will judge.
+        """
+        if not self.is_active:
+            raise ValidationError(
+                f"Model {self.slug} is not active on the server; pick another with `%vydra models`.",
+                field=None,
+            )
+        props = self.properties
+        if self.input_schema.get("additionalProperties") is False or props:
+            for key in params:
+                if props and key not in props:
+                    close = difflib.get_close_matches(key, list(props), n=1)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    raise ValidationError(
+                        f"{self.slug} has no parameter {key!r}.{hint} Parameters: {', '.join(props)}.",
+                        field=key,
+                    )
+        try:
+            from jsonschema import exceptions as js_exc
+            from jsonschema.validators import validator_for
+
+            cls = validator_for(self.input_schema)
+            cls.check_schema(self.input_schema)
+        except Exception:  # an unreadable schema: let the server judge
+            return params
+        errors = list(cls(self.input_schema).iter_errors(params))
+        if errors:
+            raise ValidationError(self._describe(js_exc.best_match(errors), props), field=self._field_of(js_exc.best_match(errors)))
+        return params
+
+    @staticmethod
+    def _field_of(error: Any) -> str | None:
+        if error.path:
+            return str(error.path[0])
+        if error.validator == "required" and isinstance(error.validator_value, list):
+            missing = [f for f in error.validator_value if f not in (error.instance or {})]
+            return missing[0] if missing else None
+        return None
+
+    def _describe(self, error: Any, props: dict[str, dict[str, Any]]) -> str:
+        name = self._field_of(error)
+        value = error.instance
+        if error.validator == "required" and name:
+            t = _schema_type(props.get(name, {}))
+            return f"{self.slug} needs {name!r} ({_TYPE_NAMES.get(t or '', 'a value')})."
+        if error.validator == "enum":
+            allowed = ", ".join(map(str, error.validator_value))
+            return f"{name} must be one of {allowed} (got {value!r})."
+        if error.validator == "type":
+            expected = error.validator_value
+            expected = expected if isinstance(expected, list) else [expected]
+            words = " or ".join(_TYPE_NAMES.get(t, t) for t in expected)
+            return f"{name} must be {words} (got {value!r})."
+        if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            p = props.get(name or "", {})
+            lo, hi = p.get("minimum"), p.get("maximum")
+            bounds = f"between {lo} and {hi}" if lo is not None and hi is not None else error.message
+            return f"{name} must be {bounds} (got {value!r})."
+        if error.validator in ("anyOf", "oneOf") and not name:
+            options = [sorted(s.get("required", [])) for s in error.validator_value if isinstance(s, dict)]
+            words = " or ".join("/".join(o) for o in options if o)
+            return f"{self.slug} needs {words or 'a valid combination of parameters'}."
+        where = f"{name}: " if name else f"{self.slug}: "
+        return where + error.message[:200] + "."
+
+
+@dataclass(eq=False)
+class Organization:
+    """``GET /organization``: the balance and the plan."""
+
+    id: str | None
+    name: str | None
+    credits_remaining: int | None
+    plan: str | None
+    updated_at: datetime | None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> "Organization":
+        known = {"id", "name", "creditsRemaining", "plan", "updatedAt"}
+        return cls(
+            id=as_str(data.get("id")),
+            name=as_str(data.get("name")),
+            credits_remaining=as_int(data.get("creditsRemaining")),
+            plan=as_str(data.get("plan")),
+            updated_at=as_datetime(data.get("updatedAt")),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """``DELETE /jobs/{id}``: whether it worked and what came back."""
+
+    job_id: str
+    success: bool
+    message: str | None
+    credits_refunded: int | None
+    already_refunded: bool
+
+    def __str__(self) -> str:
+        if self.already_refunded:
+            return f"{self.job_id}: already ended; its {self.credits_refunded or 0} credits were refunded before."
+        return f"{self.job_id}: {self.message or 'cancelled'}; {self.credits_refunded or 0} credits refunded."
