@@ -38,7 +38,28 @@ _LAZY = {
     "PollPolicy": ("vydra_nb.polling", "PollPolicy"),
     "Limit": ("vydra_nb.ratelimit", "Limit"),
     "sandbox": ("vydra_nb.sandbox", None),
+    "History": ("vydra_nb.history", "History"),
+    "Tracker": ("vydra_nb.poller", "Tracker"),
+    "models_df": ("vydra_nb.frames", "models_df"),
+    "jobs_df": ("vydra_nb.frames", "jobs_df"),
+    "spend_summary": ("vydra_nb.frames", "spend_summary"),
+    "plan_costs": ("vydra_nb.frames", "plan_costs"),
+    "spend_chart": ("vydra_nb.frames", "spend_chart"),
+    "studio": ("vydra_nb.widgets.studio", "studio"),
+    "sweep": ("vydra_nb.sweep", "sweep"),
+    "show_job": ("vydra_nb.widgets", "show_job"),
 }
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext vydra_nb``: register ``%vydra``/``%%vydra`` (imports nothing heavy)."""
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Nothing to undo beyond what IPython does; jobs keep being tracked until they end."""
 
 
 def __getattr__(name: str) -> Any:
@@ -47,6 +68,9 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'vydra_nb' has no attribute {name!r}")
     import importlib
 
+    if target[0] in ("vydra_nb.client", "vydra_nb.history"):
+        # Importing the history store registers its recorder with every Client created after.
+        importlib.import_module("vydra_nb.history")
     module = importlib.import_module(target[0])
     value = module if target[1] is None else getattr(module, target[1])
     globals()[name] = value
@@ -62,5 +86,7 @@ __all__ = [
     "CreditWarning", "DownloadError", "InsufficientCreditsError", "Job", "JobCancelledError",
     "JobFailedError", "JobTimeoutError", "Limit", "Model", "NotFoundError", "Organization",
     "OutcomeUnknownError", "PollPolicy", "RateLimitError", "ResponseError", "ServerError",
-    "ValidationError", "VydraError", "sandbox",
+    "ValidationError", "VydraError", "sandbox", "History", "Tracker", "models_df", "jobs_df",
+    "spend_summary", "plan_costs", "spend_chart", "studio", "sweep", "show_job",
+    "load_ipython_extension",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from .config import data_home, is_sandbox_url, mask_key, resolve_api_key
+from .config import download_home, is_sandbox_url, mask_key, resolve_api_key
 from .errors import CreditWarning, DownloadError, NotFoundError, ResponseError, ValidationError
 from .jobs import Job, Media, atomic_write, ext_for_content_type, is_safe_url, safe_filename
 from .models import CancelResult, Model, Organization, as_int, as_str
@@ -32,6 +32,30 @@ from .transport import Transport
 log = logging.getLogger("vydra_nb")
 
 DEFAULT_MAX_DOWNLOAD = 2 * 1024**3  # 2 GiB
+
+# Listeners every new Client starts with. The history module adds its recorder here when it is
+# imported (``import vydra_nb`` wires that lazily), so every job any client submits is recorded
+# without the domain layer importing the layer above it.
+GLOBAL_JOB_LISTENERS: list[Callable[[Job], None]] = []
+
+_default_client: "Client | None" = None
+_default_lock = threading.Lock()
+
+
+def set_default_client(client: "Client | None") -> None:
+    """Make ``client`` the one that ``studio()``, ``sweep()`` and the magics use by default."""
+    global _default_client
+    with _default_lock:
+        _default_client = client
+
+
+def default_client() -> "Client":
+    """The session's client: the one set by ``%vydra sandbox``/``login``, else one from the environment."""
+    global _default_client
+    with _default_lock:
+        if _default_client is None:
+            _default_client = Client()
+        return _default_client
 
 
 class Client:
@@ -55,6 +79,7 @@ class Client:
         time_scale: float = 1.0,
         download_dir: str | Path | None = None,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD,
+        record_history: bool = True,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -79,7 +104,7 @@ class Client:
         self._models: list[Model] | None = None
         self._models_at = 0.0
         self._models_lock = threading.Lock()
-        self._job_listeners: list[Callable[[Job], None]] = []
+        self._job_listeners: list[Callable[[Job], None]] = list(GLOBAL_JOB_LISTENERS) if record_history else []
         self._media_session = requests.Session()  # carries no key, ever
         self._media_session.trust_env = False
         self.credits_remaining: int | None = None
@@ -105,7 +130,7 @@ class Client:
 
     @property
     def download_dir(self) -> Path:
-        return self._download_dir or data_home() / "downloads"
+        return self._download_dir or download_home()
 
     @property
     def requests_sent(self) -> int:

@@ -16,6 +16,7 @@ from .errors import ConfigurationError
 ENV_API_KEY = "VYDRA_API_KEY"
 ENV_BASE_URL = "VYDRA_BASE_URL"
 ENV_HOME = "VYDRA_NB_HOME"
+ENV_DOWNLOADS = "VYDRA_NB_DOWNLOADS"
 
 # The apex host answers with a redirect to www; following it drops the Authorization header and
 # turns a POST into a GET (reference/vydra-notes.md), so the default is the www host.
@@ -96,6 +97,12 @@ def data_home() -> Path:
     from platformdirs import user_data_path
 
     return user_data_path("vydra-nb", appauthor=False)
+
+
+def download_home() -> Path:
+    """Where results are saved: ``VYDRA_NB_DOWNLOADS``, else ``downloads`` in the data folder."""
+    env = os.environ.get(ENV_DOWNLOADS)
+    return Path(env).expanduser() if env else data_home() / "downloads"
 
 
 def redact(text: str, *secrets: str | None) -> str:

@@ -1,0 +1,53 @@
+"""Shared fixtures: a real sandbox over real HTTP, and clients pointed at it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+import vydra_nb
+from vydra_nb import sandbox as sandbox_mod
+
+SPEED = 100.0  # a 90 s Veo job takes about a second; rate windows shrink to 0.6 s
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own data folder and no ambient key or base URL."""
+    monkeypatch.setenv("VYDRA_NB_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("VYDRA_API_KEY", raising=False)
+    monkeypatch.delenv("VYDRA_BASE_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def shared_sandbox() -> Iterator[sandbox_mod.Sandbox]:
+    """One sandbox for tests that do not care about the balance (plenty of credits)."""
+    with sandbox_mod.start(credits=10_000_000, speed=SPEED, seed=7) as sb:
+        yield sb
+
+
+@pytest.fixture
+def sb() -> Iterator[sandbox_mod.Sandbox]:
+    """A fresh sandbox: its ledger starts at 10,000 credits."""
+    with sandbox_mod.start(credits=10_000, speed=SPEED, seed=11) as box:
+        yield box
+
+
+def make_client(box: sandbox_mod.Sandbox, **kwargs: object) -> vydra_nb.Client:
+    return vydra_nb.Client(api_key=box.api_key, base_url=box.url, time_scale=1 / box.speed, **kwargs)
+
+
+@pytest.fixture
+def client(sb: sandbox_mod.Sandbox) -> Iterator[vydra_nb.Client]:
+    c = make_client(sb)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def shared_client(shared_sandbox: sandbox_mod.Sandbox) -> Iterator[vydra_nb.Client]:
+    c = make_client(shared_sandbox)
+    yield c
+    c.close()

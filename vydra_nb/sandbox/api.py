@@ -1,0 +1,359 @@
+"""The ``/api/v1`` endpoints as plain functions of a request: no sockets here.
+
+Keeping the API logic apart from the HTTP transport (``server.py``) means the order of checks,
+which is part of the contract, reads top to bottom in one place:
+auth (401) -> rate limit (429) -> unknown model (404) -> inactive model (400) -> body is a JSON
+object (400) -> schema validation (400) -> idempotency replay / conflict (409) -> credits (402)
+-> create and charge the job (202).
+
+Deterministic failures: a job whose parameters contain the marker ``[fail]`` in any string fails
+part-way through with ``CONTENT_VIOLATION`` / "Content moderation failed" and is refunded;
+``[fail:CODE]`` fails with that code instead (for example ``[fail:PROVIDER_ERROR]``).
+
+The ``live`` flavor adds what vydra-notes.md reports of the live service: ``code`` in error
+bodies, ``X-RateLimit-*`` headers, synchronous 200 answers for image models, ``processing``
+instead of ``running``, media URLs under varying keys, and ``GET /jobs`` listing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .assets import OutputBuilder, live_output
+from .catalog import Catalog, InputError, Model, job_duration, price, produces, validate_input
+from .jobs import Failure, Job, JobStore
+from .ledger import Ledger
+from .ratelimit import RateLimiter, Verdict
+
+API_PREFIX = "/api/v1"
+FAIL_MARKER = re.compile(r"\[fail(?::([A-Za-z0-9_]+))?\]")
+FAILURE_MESSAGES = {
+    "CONTENT_VIOLATION": "Content moderation failed",
+    "PROVIDER_ERROR": "Provider error: the upstream generation failed",
+    "TIMEOUT": "Generation timed out",
+}
+FLAVORS = ("spec", "live")
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # without the query string
+    query: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive (http.client.HTTPMessage)
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int
+    body: dict[str, Any] | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO-8601 UTC with a ``Z``, to the second, like the reference's examples."""
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+
+
+def failure_from_marker(params: dict[str, Any]) -> Failure | None:
+    """The failure a ``[fail]`` / ``[fail:CODE]`` marker in any string parameter asks for."""
+    for text in _strings(params):
+        match = FAIL_MARKER.search(text)
+        if match:
+            code = (match.group(1) or "CONTENT_VIOLATION").upper()
+            return Failure(code, FAILURE_MESSAGES.get(code, f"Generation failed ({code})"), 0.5)
+    return None
+
+
+@dataclass
+class _Replay:
+    fingerprint: str
+    response: Response
+
+
+class Api:
+    """The Vydra API over the sandbox's ledger, job store, rate limiter and media."""
+
+    def __init__(self, *, catalog: Catalog, ledger: Ledger, jobs: JobStore, limiter: RateLimiter,
+                 outputs: OutputBuilder, keys: set[str], flavor: str = "spec", plan: str = "creator") -> None:
+        if flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}")
+        self.catalog, self.ledger, self.jobs = catalog, ledger, jobs
+        self.limiter, self.outputs = limiter, outputs
+        self.keys = keys
+        self.flavor, self.plan = flavor, plan
+        self.started = time.time()
+        self._replays: dict[tuple[str, str], _Replay] = {}
+        self._keys_lock = threading.Lock()
+
+    @property
+    def live(self) -> bool:
+        return self.flavor == "live"
+
+    # -- responses -------------------------------------------------------------------------------
+    def error(self, status: int, message: str, code: str, **extra: Any) -> Response:
+        body: dict[str, Any] = {"error": message}
+        if self.live:
+            body["code"] = code
+        body.update({k: v for k, v in extra.items() if v is not None and (self.live or k != "details")})
+        return Response(status, body)
+
+    def _with_limits(self, response: Response, verdict: Verdict | None) -> Response:
+        if verdict is not None and self.live:
+            response.headers.update({
+                "X-RateLimit-Limit": str(verdict.limit),
+                "X-RateLimit-Remaining": str(verdict.remaining),
+                "X-RateLimit-Reset": str(verdict.reset_at),
+            })
+        return response
+
+    # -- dispatch --------------------------------------------------------------------------------
+    def handle(self, req: Request, *, jobfail: bool = False) -> Response:
+        path = req.path[len(API_PREFIX):].rstrip("/") or "/"
+        if path == "/health":
+            if req.method in ("GET", "HEAD"):
+                return Response(200, {"status": "ok"})
+            return self._method_not_allowed("GET")
+        key, problem = self._authenticate(req)
+        if key is None:
+            return self.error(401, "Invalid API key", problem)
+        route = self._route(req.method, path)
+        if route is None:
+            return self.error(404, "Not found", "NOT_FOUND")
+        category, handler, args, allowed = route
+        if handler is None:
+            return self._method_not_allowed(allowed)
+        verdict = self.limiter.hit(key, category)
+        if not verdict.allowed:
+            response = self.error(
+                429, f"Rate limit exceeded. Try again in {verdict.retry_after} seconds.", "RATE_LIMIT_EXCEEDED",
+                retryAfter=verdict.retry_after if self.live else None,
+                limits={"type": category, "limit": verdict.limit, "used": verdict.used} if self.live else None,
+            )
+            response.headers["Retry-After"] = str(verdict.retry_after)
+            idem_key = (req.headers.get("Idempotency-Key") or "").strip()
+            if category == "generation" and idem_key:
+                response.headers["Idempotency-Key"] = idem_key
+            return self._with_limits(response, verdict)
+        if handler == "generate":
+            response = self.generate(key, args[0], req, jobfail=jobfail)
+            idem_key = (req.headers.get("Idempotency-Key") or "").strip()
+            if idem_key:  # tells clients that this server honours the header
+                response.headers.setdefault("Idempotency-Key", idem_key)
+        else:
+            response = getattr(self, handler)(key, *args, req)
+        return self._with_limits(response, verdict)
+
+    def _method_not_allowed(self, allowed: str) -> Response:
+        response = self.error(405, "Method not allowed", "METHOD_NOT_ALLOWED")
+        response.headers["Allow"] = allowed
+        return response
+
+    def _authenticate(self, req: Request) -> tuple[str | None, str]:
+        header = req.headers.get("Authorization")
+        if not header:
+            return None, "MISSING_AUTH"
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None, "INVALID_FORMAT"
+        token = token.strip()
+        with self._keys_lock:
+            known = token in self.keys
+        return (token, "") if known else (None, "KEY_NOT_FOUND")
+
+    def _route(self, method: str, path: str):
+        """(rate-limit category, handler name or None if the method is wrong, args, allowed methods)."""
+        parts = path.strip("/").split("/")
+        if parts == ["models"]:
+            return "listing", "list_models" if method == "GET" else None, (), "GET"
+        if len(parts) == 2 and parts[0] == "models":
+            return "generation", "generate" if method == "POST" else None, (parts[1],), "POST"
+        if len(parts) == 2 and parts[0] == "jobs":
+            name = {"GET": "get_job", "DELETE": "cancel_job"}.get(method)
+            return "status", name, (parts[1],), "GET, DELETE"
+        if parts == ["jobs"] and self.live:
+            return "status", "list_jobs" if method == "GET" else None, (), "GET"
+        if parts == ["organization"]:
+            return "status", "organization" if method == "GET" else None, (), "GET"
+        return None
+
+    # -- GET /models -----------------------------------------------------------------------------
+    def list_models(self, key: str, req: Request) -> Response:
+        provider = req.query.get("provider") or None
+        active: bool | None = None
+        raw = req.query.get("isActive")
+        if raw not in (None, ""):
+            if raw.lower() not in ("true", "false"):
+                return self.error(400, f"Invalid value for isActive: '{raw}' (allowed: true, false)",
+                                  "INVALID_INPUT")
+            active = raw.lower() == "true"
+        models = self.catalog.filter(provider=provider, is_active=active)
+        return Response(200, {"data": [m.to_json() for m in models], "count": len(models)})
+
+    # -- POST /models/{slug} ---------------------------------------------------------------------
+    def generate(self, key: str, slug: str, req: Request, *, jobfail: bool = False) -> Response:
+        model = self.catalog.get(slug)
+        if model is None:
+            return self.error(404, "Model not found", "MODEL_NOT_FOUND")
+        if not model.is_active:
+            return self.error(400, f"Model {slug} is not active", "INVALID_INPUT")
+        try:
+            body = json.loads(req.body.decode("utf-8")) if req.body.strip() else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return self.error(400, "Invalid JSON in request body", "INVALID_INPUT")
+        if not isinstance(body, dict):
+            return self.error(400, "Request body must be a JSON object", "INVALID_INPUT")
+        try:
+            params = validate_input(model, body)
+            credits = self._price_and_check(model, params)
+        except InputError as exc:
+            return self.error(400, str(exc), "INVALID_INPUT", details={"field": exc.field})
+
+        idem_key = (req.headers.get("Idempotency-Key") or "").strip() or None
+        fingerprint = hashlib.sha256(
+            (slug + "\n" + json.dumps(body, sort_keys=True, separators=(",", ":"))).encode()
+        ).hexdigest()
+        with self.ledger.lock:
+            if idem_key is not None:
+                replay = self._replays.get((key, idem_key))
+                if replay is not None:
+                    if replay.fingerprint != fingerprint:
+                        return self.error(409, "Idempotency-Key reused with a different request",
+                                          "IDEMPOTENCY_KEY_REUSED")
+                    headers = dict(replay.response.headers, **{"Idempotent-Replayed": "true"})
+                    return Response(replay.response.status, json.loads(json.dumps(replay.response.body)), headers)
+            balance = self.ledger.balance
+            if credits > balance:
+                return self.error(402, "Insufficient credits", "INSUFFICIENT_CREDITS",
+                                  creditsRequired=credits, creditsRemaining=balance)
+            failure = failure_from_marker(params)
+            if failure is None and jobfail:
+                failure = Failure("PROVIDER_ERROR", FAILURE_MESSAGES["PROVIDER_ERROR"], 0.5)
+            synchronous = self.live and failure is None and produces(model, params) == "image"
+            job = self.jobs.create(key=key, model=model, params=params, credits=credits,
+                                   base_duration=job_duration(model, params), failure=failure,
+                                   synchronous=synchronous)
+            if synchronous:
+                output = self.outputs.build(job)
+                job.output = live_output(model.slug, output)
+                response = Response(200, {
+                    "status": "completed", "jobId": job.id, "imageUrl": output["imageUrl"],
+                    "resultUrls": [output["imageUrl"]], "creditsCharged": credits,
+                })
+            else:
+                response = Response(202, {
+                    "jobId": job.id, "status": "pending",
+                    "message": "Job created. Poll /jobs/{jobId} for status.",
+                    "creditsCharged": credits, "externalJobId": job.external_id,
+                })
+            if idem_key is not None:
+                response.headers["Idempotency-Key"] = idem_key
+                self._replays[(key, idem_key)] = _Replay(fingerprint, Response(
+                    response.status, json.loads(json.dumps(response.body)), dict(response.headers)))
+            return response
+
+    def _price_and_check(self, model: Model, params: dict[str, Any]) -> int:
+        """Cross-field checks the schema cannot say, and the price (which may need the input's length)."""
+        minutes: float | None = None
+        if model.kind == "trim":
+            if params["end"] <= params["start"]:
+                raise InputError(f"Invalid value for end: {params['end']} (must be greater than start)", "end")
+            length = self.outputs.source_duration(params["video_url"])
+            if length is not None and params["start"] >= length:
+                raise InputError(f"Invalid value for start: {params['start']} "
+                                 f"(the video is {round(length, 2)} seconds long)", "start")
+        if model.pricing_unit == "minute":
+            seconds = self.outputs.source_duration(params.get("audio_url"))
+            minutes = seconds / 60 if seconds else None
+        return price(model, params, audio_minutes=minutes)
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def _job_not_found(self) -> Response:
+        return self.error(404, "Job not found", "JOB_NOT_FOUND")
+
+    def view(self, job: Job) -> dict[str, Any]:
+        """The documented job view for the job's state right now (settling a due refund)."""
+        status, progress = self.jobs.settle(job)
+        if status == "completed" and job.output is None:
+            output = self.outputs.build(job)
+            with self.ledger.lock:
+                if job.output is None:
+                    job.output = live_output(job.model.slug, output) if self.live else output
+        shown = "processing" if (self.live and status == "running") else status
+        view: dict[str, Any] = {
+            "id": job.id, "status": shown, "progress": progress, "workflow": job.model.slug,
+            "creditsCharged": job.credits, "createdAt": iso(job.created),
+        }
+        started = job.started_at(self.jobs.clock())
+        if started is not None:
+            view["startedAt"] = iso(started)
+        if status == "completed":
+            view["output"] = job.output
+            view["completedAt"] = iso(job.finished_at(status))
+        elif status == "failed":
+            view["error"] = {"message": job.failure.message, "code": job.failure.code}
+            view["creditsRefunded"] = job.refunded
+            view["refundStatus"] = "refunded"
+            view["failedAt"] = iso(job.finished_at(status))
+        elif status == "cancelled":
+            view["creditsRefunded"] = job.refunded
+            view["refundStatus"] = "refunded"
+            view["cancelledAt"] = iso(job.finished_at(status))
+        return view
+
+    def get_job(self, key: str, job_id: str, req: Request) -> Response:
+        job = self.jobs.get(job_id, key)
+        return self._job_not_found() if job is None else Response(200, self.view(job))
+
+    def cancel_job(self, key: str, job_id: str, req: Request) -> Response:
+        job = self.jobs.get(job_id, key)
+        if job is None:
+            return self._job_not_found()
+        before, refunded, already = self.jobs.cancel(job)
+        if before == "completed":
+            return self.error(400, "Job already completed and cannot be cancelled", "INVALID_INPUT")
+        message = "Job cancelled" if not already else f"Job already {before}"
+        return Response(200, {"success": True, "message": message,
+                              "refund": {"creditsRefunded": refunded, "alreadyRefunded": already}})
+
+    def list_jobs(self, key: str, req: Request) -> Response:
+        try:
+            limit = int(req.query.get("limit", "20"))
+            offset = int(req.query.get("offset", "0"))
+        except ValueError:
+            return self.error(400, "Invalid value for limit/offset: expected integers", "INVALID_INPUT")
+        if not 1 <= limit <= 100 or offset < 0:
+            return self.error(400, "Invalid value for limit/offset (limit 1-100, offset >= 0)", "INVALID_INPUT")
+        wanted = req.query.get("status") or None
+        views = [self.view(job) for job in reversed(list(self.jobs.all(key)))]
+        if wanted is not None:
+            aliases = {"running": "processing"}
+            views = [v for v in views if v["status"] in (wanted, aliases.get(wanted, wanted))]
+        page = views[offset:offset + limit]
+        return Response(200, {"data": page, "count": len(page), "total": len(views)})
+
+    # -- GET /organization -----------------------------------------------------------------------
+    def organization(self, key: str, req: Request) -> Response:
+        with self.ledger.lock:
+            balance, updated = self.ledger.balance, self.ledger.updated_at
+        return Response(200, {"id": "org_sandbox", "name": "Vydra Sandbox", "creditsRemaining": balance,
+                              "plan": self.plan, "updatedAt": iso(updated)})
