@@ -1,0 +1,219 @@
+"""The tracker: one background thread per kernel that polls every live job.
+
+Why a thread and not an asyncio task on the kernel loop: on ipykernel 7.4 both keep running after
+their cell returns (platform-notes.md), but a thread does not depend on the kernel's loop policy,
+works identically in a plain Python process (tests, scripts, the demo), and blocking ``requests``
+calls would stall a loop task. Views never ``display()`` from here; they only change widget values
+and children, which ipywidgets sends to the right output from any thread.
+
+The thread exists only while there is a live job and exits when the last one ends, so an idle
+kernel has nothing running. One failed poll never stops it: the job is marked "retrying" and
+polled again later. When to poll each job is decided by ``PollPolicy`` (shared with ``Job.wait``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import VydraError
+from .jobs import COMPLETED, Job
+
+log = logging.getLogger("vydra_nb")
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    seq: int
+    job_id: str = field(compare=False)
+
+
+class Tracker:
+    """Polls live jobs in the background until they end; optionally downloads completed results."""
+
+    def __init__(self, *, auto_download: bool = False, name: str = "vydra-tracker") -> None:
+        self.auto_download = auto_download
+        self.name = name
+        self._jobs: dict[str, Job] = {}
+        self._delays: dict[str, float] = {}
+        self._queue: list[_Due] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.polls = 0
+        self.poll_failures = 0
+        self._on_end: list[Callable[[Job], None]] = []
+
+    # -- public -----------------------------------------------------------------------------
+    def track(self, job: Job, *, poll_now: bool = False) -> Job:
+        """Keep ``job`` up to date in the background until it ends. Idempotent per job id."""
+        if job.done:
+            self._ended(job)
+            return job
+        with self._cond:
+            if job.id not in self._jobs:
+                self._jobs[job.id] = job
+                first = 0.0 if poll_now else self._policy(job).min_delay
+                self._push(job.id, time.monotonic() + first)
+            self._ensure_thread()
+            self._cond.notify_all()
+        return job
+
+    def untrack(self, job_id: str) -> None:
+        with self._cond:
+            self._jobs.pop(job_id, None)
+            self._delays.pop(job_id, None)
+            self._cond.notify_all()
+
+    def poke(self, job_id: str) -> None:
+        """Poll this job as soon as possible (after a cancel, say)."""
+        with self._cond:
+            if job_id in self._jobs:
+                self._push(job_id, time.monotonic())
+                self._cond.notify_all()
+
+    def on_end(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback(job)`` once when a tracked job reaches a terminal state."""
+        self._on_end.append(callback)
+
+    @property
+    def live(self) -> list[Job]:
+        with self._cond:
+            return list(self._jobs.values())
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop polling (jobs go on on the server) and join the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cond:
+            self._stopping = False
+            self._thread = None
+
+    def join_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no job is live; True if that happened within ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._jobs:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.05 if left is None else min(left, 0.05))
+        return True
+
+    # -- internals --------------------------------------------------------------------------
+    def _policy(self, job: Job):  # type: ignore[no-untyped-def]
+        from .polling import PollPolicy
+
+        client = job._client
+        return client.poll_policy if client is not None else PollPolicy()
+
+    def _push(self, job_id: str, at: float) -> None:
+        heapq.heappush(self._queue, _Due(at, next(self._seq), job_id))
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def _next_due(self) -> Job | None:
+        """Block until some job is due; None when there is nothing left (the thread then exits)."""
+        with self._cond:
+            while True:
+                if self._stopping or not self._jobs:
+                    if not self._stopping:
+                        self._thread = None
+                    self._cond.notify_all()
+                    return None
+                while self._queue and self._queue[0].job_id not in self._jobs:
+                    heapq.heappop(self._queue)  # stale entry of an untracked job
+                if not self._queue:
+                    for job_id in self._jobs:
+                        self._push(job_id, time.monotonic())
+                now = time.monotonic()
+                due = self._queue[0]
+                if due.at <= now:
+                    heapq.heappop(self._queue)
+                    # Skip duplicates: a poke may have queued the same job twice.
+                    self._queue = [d for d in self._queue if d.job_id != due.job_id]
+                    heapq.heapify(self._queue)
+                    return self._jobs[due.job_id]
+                self._cond.wait(min(due.at - now, 1.0))
+
+    def _run(self) -> None:
+        while True:
+            job = self._next_due()
+            if job is None:
+                return
+            try:
+                job.refresh()
+                self.polls += 1
+            except VydraError as exc:
+                self.poll_failures += 1
+                job.mark_poll_error(str(exc))
+                if getattr(exc, "status_code", None) in (401, 403, 404):
+                    log.warning("stopped tracking %s: %s", job.id, exc)
+                    self.untrack(job.id)
+                    continue
+            except Exception as exc:  # never let one bad answer kill the tracker
+                self.poll_failures += 1
+                log.exception("polling %s failed", job.id)
+                job.mark_poll_error(f"{type(exc).__name__}")
+            if job.done:
+                self.untrack(job.id)
+                self._ended(job)
+                continue
+            with self._cond:
+                if job.id not in self._jobs:
+                    continue
+                same_client = sum(1 for j in self._jobs.values() if j._client is job._client)
+                delay = self._policy(job).next_delay(
+                    previous_delay=self._delays.get(job.id), remaining=job.eta(), live_jobs=same_client
+                )
+                self._delays[job.id] = delay
+                self._push(job.id, time.monotonic() + delay)
+
+    def _ended(self, job: Job) -> None:
+        for callback in list(self._on_end):
+            try:
+                callback(job)
+            except Exception:
+                log.exception("an end-of-job callback failed")
+        if self.auto_download and job.status == COMPLETED and job.local_path is None and job._client is not None:
+            threading.Thread(target=self._download, args=(job,), name="vydra-download", daemon=True).start()
+
+    @staticmethod
+    def _download(job: Job) -> None:
+        try:
+            job.download()
+        except VydraError as exc:
+            log.warning("could not download %s: %s", job.id, exc)
+            job.mark_poll_error(f"download failed: {exc}")
+
+
+_tracker: Tracker | None = None
+_tracker_lock = threading.Lock()
+
+
+def get_tracker() -> Tracker:
+    """The kernel's one tracker."""
+    global _tracker
+    with _tracker_lock:
+        if _tracker is None:
+            _tracker = Tracker()
+        return _tracker
