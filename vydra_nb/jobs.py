@@ -274,6 +274,10 @@ class Job:
             for attr, key in (("created_at", "createdAt"), ("started_at", "startedAt"), ("completed_at", "completedAt")):
                 value = as_datetime(data.get(key))
                 if value is not None:
+                    if attr == "created_at" and self.created_at is None:
+                        # A job reopened later counts its elapsed time from its creation, not from now.
+                        age = (_utcnow() - value).total_seconds()
+                        self.submitted_at = time.monotonic() - max(0.0, min(age, 30 * 86400))
                     setattr(self, attr, value)
             for attr, key in (("refund_status", "refundStatus"), ("external_job_id", "externalJobId"), ("message", "message")):
                 value = as_str(data.get(key))

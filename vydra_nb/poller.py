@@ -168,7 +168,9 @@ class Tracker:
                 job.mark_poll_error(str(exc))
                 if getattr(exc, "status_code", None) in (401, 403, 404):
                     log.warning("stopped tracking %s: %s", job.id, exc)
+                    job.mark_poll_error(f"stopped tracking: {exc}")
                     self.untrack(job.id)
+                    self._ended(job)
                     continue
             except Exception as exc:  # never let one bad answer kill the tracker
                 self.poll_failures += 1

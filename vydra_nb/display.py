@@ -1,0 +1,304 @@
+"""Plain mimebundles for jobs: what survives without a kernel.
+
+A widget needs a live kernel and a widget manager; a saved notebook reopened later, nbconvert HTML,
+VS Code without the kernel and a terminal have neither. So every job also has a plain form: HTML
+(``<video>``/``<img>``/``<audio>``/``<pre>``) plus ``text/plain``. The widget view writes this
+bundle over its own output when the job ends (see :func:`vydra_nb.widgets.show_job`).
+
+Safety: every string that came from the server or from the user's prompt is ``html.escape``-d, and
+only ``is_safe_url`` (absolute http/https) URLs are ever put into ``src``/``href``. The only other
+``src`` we write is a ``data:`` URI we build ourselves from a downloaded file's bytes, with a MIME
+type chosen from our own table, never from the server.
+
+This module imports no ipywidgets (it must work where they are missing).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .jobs import CANCELLED, COMPLETED, FAILED, Job, Media, is_safe_url
+
+IMAGE_EMBED_LIMIT = 2 * 1024 * 1024
+"""Images whose downloaded file is smaller than this are embedded as ``data:`` URIs (they then
+survive the media URL expiring). Bigger ones are linked."""
+
+MEDIA_EMBED_LIMIT = 0
+"""Video and audio are embedded only below this size; the default 0 never embeds them: a
+base64 video bloats the notebook file by a third more than the video itself."""
+
+_MIME = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+    ".webp": "image/webp", ".mp4": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime",
+    ".m4v": "video/mp4", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
+    ".m4a": "audio/mp4", ".flac": "audio/flac", ".aac": "audio/aac",
+}
+_KIND_BY_EXT = {ext: mime.split("/")[0] for ext, mime in _MIME.items()}
+
+STYLE = (
+    "<style>.vydra-job{font-family:var(--jp-ui-font-family,sans-serif);font-size:13px;margin:4px 0}"
+    ".vydra-badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:11px;font-weight:600;"
+    "color:#fff;background:#777;margin-right:6px}.vydra-sandbox{background:#b8860b}"
+    ".vydra-status-completed{background:#2e7d32}.vydra-status-failed{background:#c62828}"
+    ".vydra-status-cancelled{background:#6d4c41}.vydra-status-running{background:#1565c0}"
+    ".vydra-status-pending{background:#607d8b}.vydra-player video,.vydra-player img{max-width:100%;"
+    "max-height:480px}.vydra-meta{color:#666;font-size:12px}.vydra-error{color:#c62828}</style>"
+)
+
+
+# -- small shared helpers (the widgets use them too) -------------------------------------------
+def esc(value: Any) -> str:
+    """Escape anything for HTML text or a quoted attribute."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def shorten(text: str | None, limit: int = 80) -> str:
+    """One line, at most ``limit`` characters: prompts can be pages long."""
+    if not text:
+        return ""
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[: limit - 1].rstrip() + "…"
+
+
+def status_class(status: str | None) -> str:
+    """A CSS class from a status; unknown server statuses are reduced to ``[a-z-]``."""
+    return "vydra-status-" + (re.sub(r"[^a-z-]+", "", (status or "unknown").lower())[:20] or "unknown")
+
+
+def is_sandbox(job: Job) -> bool:
+    client = job._client
+    try:
+        return bool(client is not None and client.is_sandbox)
+    except Exception:
+        return False
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    minutes, s = divmod(seconds, 60)
+    return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
+
+
+def elapsed(job: Job, now: float | None = None) -> float:
+    """Seconds since submission, frozen when the job was first seen ending."""
+    end = job.ended_seen_at if job.ended_seen_at is not None else (time.monotonic() if now is None else now)
+    return max(0.0, end - job.submitted_at)
+
+
+def progress_line(job: Job) -> str:
+    """One plain line for a job that is still going: status, progress, elapsed, ETA, credits."""
+    parts = [job.status]
+    if job.progress is not None:
+        parts.append(f"{job.progress}%")
+    parts.append(f"elapsed {format_seconds(elapsed(job))}")
+    eta = job.eta()
+    if eta is not None and eta > 0:
+        parts.append(f"ETA {format_seconds(eta)}")
+    if job.credits_charged is not None:
+        parts.append(f"{job.credits_charged} credits")
+    if job.poll_error:
+        parts.append("retrying")
+    return " · ".join(parts)
+
+
+def primary_media(job: Job) -> tuple[Media | None, str | None]:
+    """The result to show and its kind (video/image/audio/text), guessing from the extension."""
+    media = job.media
+    if not media:
+        text = (job.output or {}).get("text")
+        return None, "text" if isinstance(text, str) else None
+    first = media[0]
+    kind = first.kind or _KIND_BY_EXT.get(first.extension)
+    # A transcript's text is better shown than its .txt URL.
+    if kind == "text" or (kind is None and isinstance((job.output or {}).get("text"), str)):
+        return first, "text"
+    return first, kind
+
+
+def _data_uri(path: Path, limit: int) -> str | None:
+    """``data:`` URI of a local file strictly smaller than ``limit`` bytes, else None."""
+    mime = _MIME.get(path.suffix.lower())
+    if mime is None or limit <= 0:
+        return None
+    try:
+        if path.stat().st_size >= limit:
+            return None
+        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError:
+        return None
+
+
+def player_html(
+    job: Job,
+    *,
+    embed_limit_bytes: int = IMAGE_EMBED_LIMIT,
+    media_embed_limit_bytes: int = MEDIA_EMBED_LIMIT,
+) -> str:
+    """The player for a completed job (``<video>``/``<img>``/``<audio>``/``<pre>``), URL and local file."""
+    media, kind = primary_media(job)
+    url = media.url if media is not None and is_safe_url(media.url) else None
+    local = job.local_path if job.local_path is not None and Path(job.local_path).is_file() else None
+    src = None
+    if local is not None:
+        limit = embed_limit_bytes if kind == "image" else media_embed_limit_bytes
+        src = _data_uri(Path(local), limit)
+    src = src or url
+    parts: list[str] = []
+    if kind == "text":
+        text = (job.output or {}).get("text")
+        if not isinstance(text, str) and local is not None:
+            try:
+                text = Path(local).read_text("utf-8", errors="replace")[:100_000]
+            except OSError:
+                text = None
+        parts.append(f'<pre class="vydra-transcript">{esc(text or "")}</pre>')
+    elif src and kind == "video":
+        parts.append(f'<video class="vydra-video" controls playsinline preload="metadata" src="{esc(src)}"></video>')
+    elif src and kind == "image":
+        parts.append(f'<img class="vydra-image" alt="{esc(shorten(job.prompt, 120))}" src="{esc(src)}">')
+    elif src and kind == "audio":
+        parts.append(f'<audio class="vydra-audio" controls preload="metadata" src="{esc(src)}"></audio>')
+    links = []
+    if url:
+        links.append(f'<a href="{esc(url)}" target="_blank" rel="noopener noreferrer">{esc(url)}</a>')
+    if local is not None:
+        links.append(f"saved to <code>{esc(local)}</code>")
+    if links:
+        parts.append(f'<div class="vydra-meta vydra-links">{" · ".join(links)}</div>')
+    if not parts:
+        parts.append('<div class="vydra-meta">completed without a displayable result</div>')
+    return f'<div class="vydra-player">{"".join(parts)}</div>'
+
+
+def outcome_html(job: Job, **kw: int) -> str:
+    """The body under the header: player, error and refund, refund, or a static progress line."""
+    if job.status == COMPLETED:
+        return player_html(job, **kw)
+    if job.status == FAILED:
+        err = job.error or {}
+        refund = f"{job.credits_refunded} credits refunded" if job.credits_refunded else "no refund reported"
+        return (
+            f'<div class="vydra-error"><b>{esc(err.get("code") or "FAILED")}</b>: '
+            f'{esc(err.get("message") or "no reason given")}</div><div class="vydra-meta">{esc(refund)}</div>'
+        )
+    if job.status == CANCELLED:
+        refund = f"{job.credits_refunded or 0} credits refunded"
+        return f'<div class="vydra-meta vydra-cancelled">cancelled · {esc(refund)}</div>'
+    return f'<div class="vydra-meta vydra-progress">{esc(progress_line(job))}</div>'
+
+
+def header_html(job: Job, *, prompt_limit: int = 80) -> str:
+    """SANDBOX badge, status badge, model, job id and the shortened prompt, all escaped."""
+    sandbox = '<span class="vydra-badge vydra-sandbox">SANDBOX</span>' if is_sandbox(job) else ""
+    badge = f'<span class="vydra-badge {status_class(job.status)}">{esc(job.status)}</span>'
+    credits = f" · {job.credits_charged} credits" if job.credits_charged is not None else ""
+    prompt = shorten(job.prompt, prompt_limit)
+    prompt_html = f'<div class="vydra-prompt">{esc(prompt)}</div>' if prompt else ""
+    return (
+        f'<div class="vydra-header">{sandbox}{badge}<b>{esc(job.model or "?")}</b> '
+        f'<span class="vydra-meta">{esc(job.id)}{esc(credits)}</span></div>{prompt_html}'
+    )
+
+
+# -- public -------------------------------------------------------------------------------------
+def job_html(
+    job: Job,
+    *,
+    embed_limit_bytes: int = IMAGE_EMBED_LIMIT,
+    media_embed_limit_bytes: int = MEDIA_EMBED_LIMIT,
+) -> str:
+    """Self-contained HTML for a job in its current state (final states are what gets saved)."""
+    body = outcome_html(job, embed_limit_bytes=embed_limit_bytes, media_embed_limit_bytes=media_embed_limit_bytes)
+    return f'{STYLE}<div class="vydra-job {status_class(job.status)}">{header_html(job)}{body}</div>'
+
+
+def job_text(job: Job) -> str:
+    """Plain text for terminals and ``text/plain``: the summary, then the URL, path or error."""
+    lines = [("[SANDBOX] " if is_sandbox(job) else "") + job.summary()]
+    prompt = shorten(job.prompt, 100)
+    if prompt:
+        lines.append(f"prompt: {prompt}")
+    if job.status == COMPLETED:
+        media, kind = primary_media(job)
+        text = (job.output or {}).get("text")
+        if kind == "text" and isinstance(text, str):
+            lines.append(shorten(text, 400))
+        if media is not None:
+            lines.append(f"url: {media.url}")
+        if job.local_path is not None:
+            lines.append(f"file: {job.local_path}")
+    elif job.status in (FAILED, CANCELLED):
+        lines.append(f"refunded: {job.credits_refunded or 0} credits")
+    else:
+        lines.append(progress_line(job))
+    return "\n".join(lines)
+
+
+def job_bundle(job: Job, **kw: int) -> dict[str, str]:
+    """``{"text/plain", "text/html"}`` for ``display(..., raw=True)`` and ``update_display_data``."""
+    return {"text/plain": job_text(job), "text/html": job_html(job, **kw)}
+
+
+class TextJobView:
+    """Progress as printed lines, for front ends without widgets (terminals, nbconvert, consoles).
+
+    Prints on every status change, at each ``step`` % of progress, once when polling starts to
+    fail ("retrying"), and at the end the URL/path or error and refund. Lines are printed from the
+    tracker thread, so they are kept few.
+    """
+
+    def __init__(self, job: Job, *, step: int = 10, write: Callable[[str], Any] | None = None) -> None:
+        self.job = job
+        self.step = max(1, step)
+        self.lines: list[str] = []
+        self._write = write or (lambda line: print(line, file=sys.stdout, flush=True))
+        self._lock = threading.Lock()
+        self._status: str | None = None
+        self._bucket = -1
+        self._retrying = False
+        self._final_printed = False
+        self._path_printed = False
+        self._unsubscribe = job.subscribe(self._on_change)
+        self._on_change(job)
+
+    def _emit(self, line: str) -> None:
+        self.lines.append(line)
+        try:
+            self._write(line)
+        except Exception:
+            pass
+
+    def _on_change(self, job: Job) -> None:
+        with self._lock:
+            prefix = f"{job.id} {job.model or ''}".rstrip()
+            if job.done:
+                if not self._final_printed:
+                    self._final_printed = True
+                    self._emit(f"{prefix}: " + job_text(job).replace("\n", " | "))
+                elif job.local_path is not None and not self._path_printed:
+                    self._emit(f"{prefix}: saved to {job.local_path}")
+                self._path_printed = self._path_printed or job.local_path is not None
+                return
+            bucket = (job.progress or 0) // self.step
+            if job.status != self._status or bucket > self._bucket:
+                self._status, self._bucket = job.status, bucket
+                self._emit(f"{prefix}: {progress_line(job)}")
+            if job.poll_error and not self._retrying:
+                self._emit(f"{prefix}: retrying ({shorten(job.poll_error, 80)})")
+            self._retrying = bool(job.poll_error)
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+    def __repr__(self) -> str:
+        return f"<TextJobView {self.job.id}: {self.job.status}>"

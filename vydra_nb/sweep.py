@@ -1,0 +1,244 @@
+"""``sweep()``: every combination of prompts and parameter values, priced and checked before any is sent.
+
+The order of operations is the point: build all combinations, validate every one locally, price
+the total and show it, refuse above ``max_credits``, ask above ``confirm_above``, and only then
+submit, one at a time through the client, whose rate limiter paces them (so no 429 is ever
+provoked). Submitting 30 jobs at 10 a minute takes three minutes, so in a notebook the submission
+loop runs in a background thread and the cell returns at once; ``Sweep.wait_submitted()`` blocks
+until it is done, ``Sweep.wait()`` until every job has ended.
+
+Display layer: this module may import widgets (lazily, only when ``show`` is true).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import Client, default_client
+from .config import USD_PER_CREDIT
+from .errors import ValidationError, VydraError
+from .jobs import Job
+from .models import Model
+from .poller import Tracker, get_tracker
+
+
+@dataclass(eq=False)
+class Sweep:
+    """A sweep: its combinations (request bodies), their total estimated cost, and the jobs so far."""
+
+    model: Model
+    combinations: list[dict[str, Any]]
+    costs: list[int | None]
+    total_credits: int
+    dry_run: bool = False
+    declined: bool = False
+    jobs: list[Job] = field(default_factory=list)
+    submit_error: BaseException | None = None
+    widget: Any = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def total_usd(self) -> float:
+        return self.total_credits * USD_PER_CREDIT
+
+    @property
+    def submitted(self) -> bool:
+        return self._done.is_set()
+
+    def wait_submitted(self, timeout: float | None = None) -> Sweep:
+        """Block until every combination has been submitted (or submission stopped on an error)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"Sweep still submitting after {timeout} s ({len(self.jobs)} sent).")
+        return self
+
+    def wait(self, timeout: float | None = None) -> Sweep:
+        """Block until every submitted job has ended; failures do not raise (see ``dataframe()``)."""
+        self.wait_submitted(timeout)
+        for job in list(self.jobs):
+            job.wait(timeout, raise_on_failure=False)
+        return self
+
+    def dataframe(self) -> Any:
+        """One row per combination: its parameters, job id, status, credits, result URL and error."""
+        import pandas as pd
+
+        rows = []
+        for i, params in enumerate(self.combinations):
+            job = self.jobs[i] if i < len(self.jobs) else None
+            row: dict[str, Any] = {"estimated_credits": self.costs[i], **params}
+            if job is not None:
+                row.update({
+                    "job_id": job.id, "status": job.status, "progress": job.progress,
+                    "credits_charged": job.credits_charged, "credits_refunded": job.credits_refunded,
+                    "url": job.media_url, "local_path": str(job.local_path) if job.local_path else None,
+                    "error": (job.error or {}).get("code"),
+                })
+            else:
+                row.update({"job_id": None, "status": "not submitted"})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        return (f"Sweep of {len(self.combinations)} {self.model.slug} jobs: {self.total_credits:,} credits "
+                f"(about ${self.total_usd:,.2f} at ${USD_PER_CREDIT}/credit)")
+
+    def __repr__(self) -> str:
+        state = "dry run" if self.dry_run else "declined" if self.declined else (
+            f"{len(self.jobs)}/{len(self.combinations)} submitted")
+        return f"<{self.summary()}; {state}>"
+
+
+def _as_values(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    return [value]
+
+
+def combinations(model: Model, prompts: Sequence[str] | str | None, grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of prompts x grid values, as request bodies, in a stable order."""
+    axes: list[tuple[str, list[Any]]] = []
+    if prompts is not None:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not model.prompt_field:
+            raise ValidationError(f"{model.slug} has no prompt field; pass its inputs as keywords.", field="prompts")
+        if not prompts:
+            raise ValidationError("prompts is empty: nothing to sweep.", field="prompts")
+        axes.append((model.prompt_field, prompts))
+    for name, value in grid.items():
+        values = _as_values(value)
+        if not values:
+            raise ValidationError(f"{name} has no values to sweep.", field=name)
+        axes.append((name, values))
+    names = [a[0] for a in axes]
+    return [dict(zip(names, combo)) for combo in itertools.product(*(a[1] for a in axes))]
+
+
+def sweep(
+    model: str | Model,
+    /,
+    prompts: Sequence[str] | str | None = None,
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    client: Client | None = None,
+    confirm_above: int | None = None,
+    max_credits: int | None = None,
+    dry_run: bool = False,
+    show: bool = True,
+    background: bool | None = None,
+    tracker: Tracker | None = None,
+    **grid: Any,
+) -> Sweep:
+    """Submit every combination of ``prompts`` x ``grid`` (list values are swept) after pricing them.
+
+    Raises ValidationError (naming the combination) if any combination is invalid, and VydraError
+    if the total exceeds ``max_credits``; in both cases nothing is sent. Above ``confirm_above``
+    credits it asks with ``input()``. ``background`` (default: when showing in a kernel) submits
+    in a thread so the cell returns at once. ``model`` is positional-only, so a schema parameter
+    may itself be called ``model`` (Grok Imagine's is); ``parameters`` takes any name that clashes
+    with this function's own keywords.
+    """
+    grid = {**(parameters or {}), **grid}
+    client = client or default_client()
+    m = model if isinstance(model, Model) else client.model(model)
+    bodies: list[dict[str, Any]] = []
+    for i, params in enumerate(combinations(m, prompts, grid)):
+        try:
+            bodies.append(client.prepare(m, params)[1])
+        except ValidationError as exc:
+            raise ValidationError(f"Combination {i + 1} ({_describe(params, m)}) is invalid: {exc} Nothing was sent.",
+                                  field=exc.field) from None
+    costs = [m.price(b) for b in bodies]
+    unknown = sum(1 for c in costs if c is None)
+    total = sum(c or 0 for c in costs)
+    result = Sweep(model=m, combinations=bodies, costs=costs, total_credits=total, dry_run=dry_run)
+    note = f"; the price of {unknown} is unknown" if unknown else ""
+    print(result.summary() + note + ".")
+    if max_credits is not None and total > max_credits:
+        raise VydraError(f"{result.summary()} is above max_credits={max_credits:,}; nothing was sent.")
+    if dry_run:
+        result._done.set()
+        return result
+    if confirm_above is not None and total > confirm_above:
+        answer = input(f"Submit {len(bodies)} jobs for {total:,} credits? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing was sent.")
+            result.declined = True
+            result._done.set()
+            return result
+    tracker = tracker or get_tracker()
+    in_kernel = False
+    if show:
+        from .widgets.job_view import widgets_available
+
+        in_kernel = widgets_available()
+        result.widget = _grid()
+        if in_kernel:
+            from IPython.display import display
+
+            display(result.widget)
+    if background is None:
+        background = show and in_kernel
+    if background:
+        result._thread = threading.Thread(target=_submit_all, args=(result, client, tracker), name="vydra-sweep",
+                                          daemon=True)
+        result._thread.start()
+    else:
+        _submit_all(result, client, tracker)
+    return result
+
+
+def _describe(params: Mapping[str, Any], model: Model) -> str:
+    from .display import shorten
+
+    return ", ".join(f"{k}={shorten(str(v), 30)!r}" if k == model.prompt_field else f"{k}={v!r}"
+                     for k, v in params.items())
+
+
+def _grid() -> Any:
+    import ipywidgets as W
+
+    grid = W.GridBox(layout=W.Layout(grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))", grid_gap="8px"))
+    grid.add_class("vydra-sweep")
+    return grid
+
+
+def _submit_all(result: Sweep, client: Client, tracker: Tracker) -> None:
+    """Submit sequentially; the client's limiter paces the requests. Stops at the first error."""
+    try:
+        for body in result.combinations:
+            job = client.generate(result.model, body, validate=False)
+            result.jobs.append(job)
+            if result.widget is not None:
+                from .widgets.job_view import JobView
+
+                result.widget.children = [*result.widget.children, JobView(job, tracker=tracker)]
+            tracker.track(job)
+    except BaseException as exc:  # kept for the caller; the jobs already sent go on
+        result.submit_error = exc
+        logging.getLogger("vydra_nb").warning("sweep stopped after %d of %d jobs: %s",
+                                              len(result.jobs), len(result.combinations), exc)
+        if result.widget is not None:
+            import ipywidgets as W
+
+            from .display import esc
+
+            result.widget.children = [*result.widget.children, W.HTML(
+                f'<div class="vydra-error">Submission stopped after {len(result.jobs)} jobs: {esc(exc)}</div>')]
+        if result._thread is None:
+            raise
+    finally:
+        result._done.set()
+
+
+def prompts_from_lines(text: str) -> list[str]:
+    """Prompt lines of a cell body (blank lines dropped), for the ``%%vydra`` sweep form."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+__all__: Iterable[str] = ["Sweep", "sweep", "combinations", "prompts_from_lines"]

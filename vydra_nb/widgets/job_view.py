@@ -1,0 +1,250 @@
+"""``JobView``: the live widget of one job, and ``show_job`` which puts it in the current cell.
+
+Threads: the tracker thread calls the job's listeners; a listener here only changes widget values
+and children (ipywidgets sends those as comm messages, which the front end routes by model id, not
+by cell). Nothing here calls ``display()`` from a thread. The one message sent from the tracker
+thread that is not a comm message is ``update_display_data``, which front ends route by its
+``display_id``, so it reaches the right output whichever cell is running.
+
+Why the final output is plain: an output that carries the widget mimetype shows "Error displaying
+widget: model not found" in a notebook reopened without the kernel (JupyterLab's widget renderer
+outranks ``text/html``), and nbconvert prefers it too. So ``show_job`` displays a bundle with both
+the widget and the plain fallback while the job runs, and replaces it with the plain final bundle
+(``<video controls src=...>`` and text) when the job ends; that bundle plays in the live page too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as W
+
+from .. import display as D
+from ..jobs import CANCELLED, COMPLETED, FAILED, Job
+from ..poller import Tracker, get_tracker
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+MIN_INTERVAL = 0.25  # at most 4 renders a second; the final state is always rendered at once
+
+
+class JobView(W.VBox):
+    """A live view of one job: header, progress bar, status, elapsed/ETA/credits, Cancel; then the result.
+
+    Attributes for tests and composition: ``header`` (HTML), ``bar`` (IntProgress), ``status``
+    (HTML badge), ``info`` (HTML: elapsed, ETA, credits, "retrying"), ``cancel_button``,
+    ``result`` (HTML: the player / error / refund), ``renders`` (how many renders happened).
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        tracker: Tracker | None = None,
+        min_interval: float = MIN_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        **kwargs: Any,
+    ) -> None:
+        self.job = job
+        self.tracker = tracker
+        self.min_interval = min_interval
+        self._clock = clock
+        self._vlock = threading.RLock()
+        self._last_render = float("-inf")
+        self._timer: threading.Timer | None = None
+        self._final_rendered = False
+        self.renders = 0
+        self.cancel_error: str | None = None
+
+        self.header = W.HTML(D.header_html(job))
+        self.bar = W.IntProgress(value=0, min=0, max=100, description="", bar_style="info",
+                                 layout=W.Layout(width="260px"))
+        self.status = W.HTML()
+        self.info = W.HTML()
+        self.cancel_button = W.Button(description="Cancel", icon="stop", button_style="warning",
+                                      tooltip="Cancel this job (credits are refunded)",
+                                      layout=W.Layout(width="100px"))
+        self.cancel_button.on_click(self._on_cancel_click)
+        self.result = W.HTML()
+        self.progress_row = W.HBox([self.bar, self.status, self.info, self.cancel_button],
+                                   layout=W.Layout(align_items="center"))
+        super().__init__(children=[self.header, self.progress_row], **kwargs)
+        self.add_class("vydra-job-view")
+        self._render()
+        self._unsubscribe = job.subscribe(self._on_change)
+
+    # -- updates (tracker thread) -----------------------------------------------------------
+    def _on_change(self, job: Job) -> None:
+        """Coalesce: render now if the last render is old enough, else once at the end of the interval."""
+        with self._vlock:
+            if job.done:
+                self._cancel_timer()
+                self._render()
+                return
+            wait = self._last_render + self.min_interval - self._clock()
+            if wait <= 0:
+                self._render()
+            elif self._timer is None:
+                self._timer = threading.Timer(wait, self._deferred)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _deferred(self) -> None:
+        with self._vlock:
+            self._timer = None
+            self._render()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _render(self) -> None:
+        """Set every value and child from the job's current state (idempotent)."""
+        with self._vlock:
+            job = self.job
+            self._last_render = self._clock()
+            self.renders += 1
+            self.header.value = D.STYLE + D.header_html(job)
+            self.status.value = f'<span class="vydra-badge {D.status_class(job.status)}">{D.esc(job.status)}</span>'
+            if job.status == COMPLETED:
+                self.bar.value, self.bar.bar_style = 100, "success"
+            elif job.progress is not None:
+                self.bar.value = job.progress
+            if job.status == FAILED:
+                self.bar.bar_style = "danger"
+            elif job.status == CANCELLED:
+                self.bar.bar_style = "warning"
+            info = [f"elapsed {D.format_seconds(D.elapsed(job))}"]
+            eta = job.eta()
+            if not job.done and eta is not None and eta > 0:
+                info.append(f"ETA {D.format_seconds(eta)}")
+            if job.credits_charged is not None:
+                info.append(f"{job.credits_charged} credits")
+            if job.poll_error and not job.done:
+                info.append("retrying")
+            if self.cancel_error:
+                info.append(f"cancel failed: {D.shorten(self.cancel_error, 80)}")
+            self.info.value = f'<span class="vydra-meta">{D.esc(" · ".join(info))}</span>'
+            if job.done:
+                self.cancel_button.disabled = True
+                # The widget shows the URL; base64 over the comm channel would be heavy.
+                self.result.value = D.outcome_html(job, embed_limit_bytes=0, media_embed_limit_bytes=0)
+                if self.result not in self.children:
+                    self.children = [self.header, self.progress_row, self.result]
+                self._final_rendered = True
+
+    # -- cancel -----------------------------------------------------------------------------
+    def _on_cancel_click(self, _button: Any = None) -> None:
+        """Runs in the kernel's shell thread: hand the request to a thread so the kernel stays free."""
+        if self.job.done:
+            return
+        self.cancel_button.disabled = True
+        self.cancel_button.description = "Cancelling…"
+        threading.Thread(target=self._cancel, name="vydra-cancel", daemon=True).start()
+
+    def _cancel(self) -> None:
+        try:
+            self.job.cancel()
+        except Exception as exc:  # shown in the view; the job goes on
+            self.cancel_error = str(exc)
+            self.cancel_button.disabled = self.job.done
+            self.cancel_button.description = "Cancel"
+            self._render()
+            return
+        tracker = self.tracker or get_tracker()
+        if self.job.id in {j.id for j in tracker.live}:
+            tracker.poke(self.job.id)
+        else:
+            try:
+                self.job.refresh()
+            except Exception:
+                pass
+
+    # -- misc -------------------------------------------------------------------------------
+    def close(self) -> None:
+        unsubscribe = getattr(self, "_unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe()
+            with self._vlock:
+                self._cancel_timer()
+        super().close()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        """The widget plus a plain fallback, for front ends (and saved files) without widgets."""
+        data = super()._repr_mimebundle_(**kwargs)
+        if not data:
+            return data
+        return {**data, **D.job_bundle(self.job)}
+
+
+@dataclass
+class JobDisplay:
+    """What ``show_job`` returns: the job, its view, and the display handle (None for text).
+
+    It is already on screen, so displaying it again shows nothing: a cell ending in
+    ``show_job(job)`` does not get a second copy of the view.
+    """
+
+    job: Job
+    view: Any
+    handle: Any = None
+
+    def _ipython_display_(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<JobDisplay {self.job.id}: {self.job.status}>"
+
+
+def widgets_available() -> bool:
+    """True in an IPython kernel (comms available); False in a terminal, script or test process."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show_job(job: Job, *, tracker: Tracker | None = None, use_widgets: bool | None = None) -> JobDisplay:
+    """Show a live view of ``job`` in the current cell and make the tracker keep it up to date.
+
+    Call it from the cell (it displays); updates then come from the tracker thread. When the job
+    ends, the output is rewritten (by display id) with the plain final bundle, so the result stays
+    visible in a saved notebook, nbconvert HTML and VS Code without the kernel.
+    """
+    from IPython.display import display
+
+    tracker = tracker or get_tracker()
+    if use_widgets is None:
+        use_widgets = widgets_available()
+    if not use_widgets:
+        text_view = D.TextJobView(job)
+        tracker.track(job)
+        return JobDisplay(job, text_view, None)
+
+    view = JobView(job, tracker=tracker)
+    handle = display(view._repr_mimebundle_(), raw=True, display_id=True)
+    shown = {"html": None}
+    lock = threading.Lock()
+
+    def finish(j: Job) -> None:
+        if not j.done:
+            return
+        bundle = D.job_bundle(j)
+        with lock:
+            if bundle["text/html"] == shown["html"]:
+                return
+            shown["html"] = bundle["text/html"]
+        if handle is not None:
+            handle.update(bundle, raw=True)
+
+    job.subscribe(finish)
+    tracker.track(job)
+    if job.done:
+        finish(job)
+    return JobDisplay(job, view, handle)

@@ -1,0 +1,272 @@
+"""``studio()``: a form per model, generated from its ``inputSchema``, and a gallery of results.
+
+For exploratory prompt iteration: change a word, submit, compare side by side, reload any earlier
+variant's settings. Everything is derived from ``GET /models``: a model the server adds tomorrow
+gets its form with no code change. Validation is the model's own (``Model.validate``), so the
+reason shown beside the disabled Submit button is exactly what the client would raise.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import ipywidgets as W
+
+from .. import display as D
+from ..client import Client, default_client
+from ..config import USD_PER_CREDIT
+from ..errors import ValidationError, VydraError
+from ..jobs import Job
+from ..models import Model, Parameter
+from ..poller import Tracker, get_tracker
+from .job_view import JobView
+
+_UNSET = object()
+EMPTY_LABEL = "—"
+
+
+def _label(model: Model) -> str:
+    return f"{model.provider or 'other'} · {model.name or model.slug} ({model.slug})"
+
+
+class Studio(W.VBox):
+    """The studio widget. Public attributes (tests assert on them):
+
+    ``model_picker`` (Dropdown of slugs), ``form`` (VBox), ``fields`` (name -> input widget),
+    ``price`` (HTML), ``credits`` (HTML), ``reason`` (HTML), ``submit`` (Button), ``gallery``
+    (GridBox of cards), ``cards`` (list of ``(card, job, params, cost)``), ``jobs``.
+    """
+
+    def __init__(self, client: Client | None = None, *, tracker: Tracker | None = None) -> None:
+        self.client = client or default_client()
+        self.tracker = tracker or get_tracker()
+        self.models = sorted(
+            (m for m in self.client.models() if m.is_active), key=lambda m: ((m.provider or "~").lower(), m.slug)
+        )
+        self.model: Model | None = None
+        self.fields: dict[str, W.Widget] = {}
+        self._params_by_field: dict[str, Parameter] = {}
+        self._initial: dict[str, Any] = {}
+        self.jobs: list[Job] = []
+        self.cards: list[tuple[W.Widget, Job, dict[str, Any], int | None]] = []
+        self.last_error: str | None = None
+
+        self.model_picker = W.Dropdown(options=[(_label(m), m.slug) for m in self.models], description="Model",
+                                       layout=W.Layout(width="520px"))
+        self.description = W.HTML()
+        self.form = W.VBox()
+        self.price = W.HTML()
+        self.credits = W.HTML()
+        self.reason = W.HTML()
+        self.submit = W.Button(description="Submit", button_style="primary", icon="play")
+        self.gallery = W.GridBox(layout=W.Layout(grid_template_columns="repeat(auto-fill, minmax(360px, 1fr))",
+                                                 grid_gap="8px"))
+        self.gallery.add_class("vydra-gallery")
+        self.submit.on_click(self._on_submit_click)
+        self.model_picker.observe(self._on_model, names="value")
+        badge = '<span class="vydra-badge vydra-sandbox">SANDBOX</span>' if self.client.is_sandbox else ""
+        super().__init__(children=[
+            W.HTML(D.STYLE + f"<b>Vydra studio</b> {badge}"), self.model_picker, self.description, self.form,
+            W.HBox([self.submit, self.price, self.credits], layout=W.Layout(align_items="center")),
+            self.reason, self.gallery,
+        ])
+        self.add_class("vydra-studio")
+        self.refresh_credits()
+        if self.models:
+            self._build_form(self.models[0])
+
+    # -- form -------------------------------------------------------------------------------
+    def _on_model(self, change: dict[str, Any]) -> None:
+        model = next((m for m in self.models if m.slug == change["new"]), None)
+        if model is not None:
+            self._build_form(model)
+
+    def _make_field(self, p: Parameter, prompt_field: str | None) -> W.Widget:
+        desc = p.name + (" *" if p.required else "")
+        style = {"description_width": "140px"}
+        layout = W.Layout(width="520px")
+        tooltip = p.description or None
+        if p.enum is not None:
+            options: list[tuple[str, Any]] = [(str(v), v) for v in p.enum]
+            if not p.required and p.default is None:
+                options.insert(0, (EMPTY_LABEL, None))
+            value = p.default if p.default in p.enum else options[0][1]
+            return W.Dropdown(options=options, value=value, description=desc, style=style, layout=layout,
+                              tooltip=tooltip)
+        if p.type == "boolean":
+            return W.Checkbox(value=bool(p.default), description=desc, style=style, indent=True)
+        if p.type in ("integer", "number"):
+            integer = p.type == "integer"
+            lo = p.minimum if p.minimum is not None else -1e12
+            hi = p.maximum if p.maximum is not None else 1e12
+            start = p.default if isinstance(p.default, (int, float)) else max(lo, min(hi, 0))
+            cls = W.BoundedIntText if integer else W.BoundedFloatText
+            conv = int if integer else float
+            return cls(value=conv(start), min=conv(lo), max=conv(hi), description=desc, style=style,
+                       layout=W.Layout(width="300px"), tooltip=tooltip)
+        placeholder = (p.description or "") + ("" if p.required else " (optional)")
+        if p.name == prompt_field or p.type in ("array", "object"):
+            if p.type == "array":
+                placeholder = (p.description or "") + " (one per line)"
+            return W.Textarea(value="", description=desc, placeholder=placeholder, style=style,
+                              layout=W.Layout(width="520px", height="80px" if p.name == prompt_field else "60px"))
+        value = p.default if isinstance(p.default, str) else ""
+        return W.Text(value=value, description=desc, placeholder=placeholder, style=style, layout=layout)
+
+    def _build_form(self, model: Model) -> None:
+        self.model = model
+        if self.model_picker.value != model.slug:
+            self.model_picker.value = model.slug  # re-enters _on_model -> _build_form once
+            return
+        prompt_field = model.prompt_field
+        params = sorted(model.parameters, key=lambda p: (p.name != prompt_field, not p.required))
+        self.fields = {}
+        self._params_by_field = {}
+        self._initial = {}
+        for p in params:
+            widget = self._make_field(p, prompt_field)
+            self._initial[p.name] = widget.value
+            widget.observe(lambda _change: self.update_state(), names="value")
+            self.fields[p.name] = widget
+            self._params_by_field[p.name] = p
+        self.form.children = list(self.fields.values())
+        price = model.credits_per_unit
+        unit = f" per {model.pricing_unit}" if model.pricing_unit else ""
+        self.description.value = (f'<span class="vydra-meta">{D.esc(model.description or "")} · '
+                                  f'{D.esc(price)} credits{D.esc(unit)}</span>')
+        self.update_state()
+
+    def params(self) -> dict[str, Any]:
+        """The request body the form describes: empty optional fields and untouched defaults are not sent."""
+        out: dict[str, Any] = {}
+        for name, widget in self.fields.items():
+            p = self._params_by_field[name]
+            value = widget.value
+            if isinstance(widget, (W.Text, W.Textarea)):
+                value = value.strip()
+                if not value:
+                    continue
+                if p.type == "array":
+                    value = [line.strip() for line in value.splitlines() if line.strip()]
+                elif p.type == "object":
+                    try:
+                        value = json.loads(value)
+                    except ValueError:
+                        pass  # validation names the field
+            elif value is None:
+                continue
+            elif not p.required and value == self._initial.get(name, _UNSET):
+                continue  # an optional field left as the form started: the server's default applies
+            out[name] = value
+        return out
+
+    def validation_error(self) -> str | None:
+        """Why the form cannot be submitted now, or None."""
+        if self.model is None:
+            return "No active model to choose."
+        try:
+            self.model.validate(self.params())
+        except ValidationError as exc:
+            return str(exc)
+        return None
+
+    def update_state(self) -> None:
+        """Recompute the price, the reason and the Submit button's state from the form."""
+        if self.model is None:
+            self.submit.disabled = True
+            self.reason.value = "No active model to choose."
+            return
+        cost = self.model.price(self.params())
+        usd = f" (${cost * USD_PER_CREDIT:.2f})" if cost is not None else ""
+        self.price.value = f"<b>{D.esc(cost if cost is not None else '?')} credits</b>{D.esc(usd)}"
+        problem = self.validation_error()
+        self.submit.disabled = problem is not None
+        self.submit.tooltip = problem or "Submit this generation"
+        text = problem or self.last_error
+        self.reason.value = f'<span class="vydra-error">{D.esc(text)}</span>' if text else ""
+
+    def refresh_credits(self) -> None:
+        try:
+            org = self.client.organization()
+            self.credits.value = f'<span class="vydra-meta">{D.esc(org.credits_remaining)} credits left</span>'
+        except VydraError as exc:
+            self.credits.value = f'<span class="vydra-meta">credits unknown: {D.esc(D.shorten(str(exc), 60))}</span>'
+
+    # -- submit -----------------------------------------------------------------------------
+    def _on_submit_click(self, _button: Any = None) -> None:
+        """The click runs on the kernel's shell thread; submitting may wait on the rate limiter."""
+        self.submit.disabled = True
+        self.submit.description = "Submitting…"
+        threading.Thread(target=self.submit_form, name="vydra-studio-submit", daemon=True).start()
+
+    def submit_form(self) -> Job | None:
+        """Submit the form as it is now; add a card to the gallery. Returns the job (None on error)."""
+        model, params = self.model, self.params()
+        job = None
+        try:
+            if model is None:
+                raise VydraError("No model selected.")
+            cost = model.price(params)
+            job = self.client.generate(model, params)
+            self.last_error = None
+            self._add_card(job, model, params, cost)
+            self.tracker.track(job)
+        except VydraError as exc:
+            self.last_error = f"Not submitted: {exc}"
+        finally:
+            self.submit.description = "Submit"
+            self.update_state()
+            self.refresh_credits()
+        return job
+
+    def _add_card(self, job: Job, model: Model, params: dict[str, Any], cost: int | None) -> None:
+        view = JobView(job, tracker=self.tracker)
+        shown = ", ".join(f"{k}={D.shorten(str(v), 40)}" for k, v in params.items() if k != model.prompt_field)
+        details = W.HTML(
+            f'<div class="vydra-prompt">{D.esc(D.shorten(job.prompt or "", 300))}</div>'
+            f'<div class="vydra-meta">{D.esc(model.slug)} · {D.esc(shown)} · '
+            f'{D.esc(cost if cost is not None else "?")} credits</div>'
+        )
+        reuse = W.Button(description="use these settings", icon="undo", layout=W.Layout(width="180px"))
+        reuse.on_click(lambda _b, m=model.slug, p=dict(params): self.load_settings(m, p))
+        card = W.VBox([view, details, reuse], layout=W.Layout(border="1px solid #ddd", padding="6px"))
+        card.add_class("vydra-card")
+        card.reuse_button = reuse  # type: ignore[attr-defined]
+        card.view = view  # type: ignore[attr-defined]
+        self.jobs.append(job)
+        self.cards.append((card, job, dict(params), cost))
+        self.gallery.children = [card, *self.gallery.children]  # newest first
+
+    def load_settings(self, slug: str, params: dict[str, Any]) -> None:
+        """Put a model and its parameters back into the form ("use these settings")."""
+        model = next((m for m in self.models if m.slug == slug), None)
+        if model is None:
+            self.last_error = f"{slug} is no longer active."
+            self.update_state()
+            return
+        if self.model is not model:
+            self.model_picker.value = slug
+        for name, widget in self.fields.items():
+            p = self._params_by_field[name]
+            value: Any = params.get(name, _UNSET)
+            if value is _UNSET:
+                if isinstance(widget, (W.Text, W.Textarea)):
+                    widget.value = p.default if isinstance(p.default, str) else ""
+                elif isinstance(widget, W.Dropdown):
+                    widget.value = p.default if p.default in (p.enum or ()) else widget.options[0][1]
+                elif p.default is not None:
+                    widget.value = p.default
+                continue
+            if isinstance(widget, (W.Text, W.Textarea)):
+                widget.value = "\n".join(map(str, value)) if isinstance(value, list) else (
+                    json.dumps(value) if isinstance(value, dict) else str(value))
+            else:
+                widget.value = value
+        self.update_state()
+
+
+def studio(client: Client | None = None) -> Studio:
+    """The prompt-iteration widget for ``client`` (default: the session's client)."""
+    return Studio(client)
