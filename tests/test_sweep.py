@@ -8,7 +8,7 @@ import pytest
 
 from vydra_nb import VydraError, ValidationError
 from vydra_nb.poller import Tracker
-from vydra_nb.sweep import combinations, sweep
+from vydra_nb.sweeps import combinations, sweep
 from vydra_nb.widgets import JobView
 
 

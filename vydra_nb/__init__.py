@@ -45,8 +45,10 @@ _LAZY = {
     "spend_summary": ("vydra_nb.frames", "spend_summary"),
     "plan_costs": ("vydra_nb.frames", "plan_costs"),
     "spend_chart": ("vydra_nb.frames", "spend_chart"),
+    "expand_params": ("vydra_nb.frames", "expand_params"),
+    "styled": ("vydra_nb.frames", "styled"),
     "studio": ("vydra_nb.widgets.studio", "studio"),
-    "sweep": ("vydra_nb.sweep", "sweep"),
+    "sweep": ("vydra_nb.sweeps", "sweep"),
     "show_job": ("vydra_nb.widgets", "show_job"),
 }
 
@@ -87,6 +89,6 @@ __all__ = [
     "JobFailedError", "JobTimeoutError", "Limit", "Model", "NotFoundError", "Organization",
     "OutcomeUnknownError", "PollPolicy", "RateLimitError", "ResponseError", "ServerError",
     "ValidationError", "VydraError", "sandbox", "History", "Tracker", "models_df", "jobs_df",
-    "spend_summary", "plan_costs", "spend_chart", "studio", "sweep", "show_job",
+    "spend_summary", "plan_costs", "spend_chart", "expand_params", "styled", "studio", "sweep", "show_job",
     "load_ipython_extension",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 import requests
 
 from .config import download_home, is_sandbox_url, mask_key, resolve_api_key
-from .errors import CreditWarning, DownloadError, NotFoundError, ResponseError, ValidationError
+from .errors import CreditWarning, DownloadError, NotFoundError, ResponseError, ValidationError, VydraError
 from .jobs import Job, Media, atomic_write, ext_for_content_type, is_safe_url, safe_filename
 from .models import CancelResult, Model, Organization, as_int, as_str
 from .polling import PollPolicy
@@ -274,18 +274,30 @@ class Client:
         job.apply(self._job_view(job_id))
         return job
 
-    def cancel(self, job_id: str) -> CancelResult:
-        """``DELETE /jobs/{id}``: cancel and report the refund."""
+    def cancel(self, job_id: str, *, job: Job | None = None) -> CancelResult:
+        """``DELETE /jobs/{id}``: cancel and report the refund.
+
+        The job's new state is then read back (one status check) so that its views and the
+        history show it cancelled with its refund; ``job`` is the object to update, if any.
+        """
         resp = self._transport.send("DELETE", f"/jobs/{_quote_id(job_id)}", category=STATUS)
         data = resp.data if isinstance(resp.data, dict) else {}
         refund = data.get("refund") if isinstance(data.get("refund"), dict) else {}
-        return CancelResult(
+        result = CancelResult(
             job_id=job_id,
             success=data.get("success") is not False,
             message=as_str(data.get("message")),
             credits_refunded=as_int(refund.get("creditsRefunded")),
             already_refunded=refund.get("alreadyRefunded") is True,
         )
+        target = job if job is not None else Job(id=job_id, _client=self)
+        target.extra.setdefault("backend", self.backend)
+        try:
+            target.apply(self._job_view(job_id))
+        except VydraError:
+            if result.success and not target.done:
+                target.apply({"status": "cancelled", "creditsRefunded": result.credits_refunded})
+        return result
 
     def list_jobs(self, *, limit: int = 50, offset: int = 0, status: str | None = None) -> list[Job]:
         """``GET /jobs`` where the server offers it (the live service does; the specification does not).

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 from .jobs import CANCELLED, COMPLETED, FAILED, Job, Media, is_safe_url
@@ -138,6 +139,21 @@ def _data_uri(path: Path, limit: int) -> str | None:
         return None
 
 
+def _beside_notebook(local: Path | None) -> str | None:
+    """A relative URL for a file saved under the kernel's working folder (the notebook's folder).
+
+    Front ends resolve it next to the notebook, so the player keeps working after the provider's
+    URL expires or the sandbox stops, and nbconvert's HTML plays it from beside the page.
+    """
+    if local is None:
+        return None
+    try:
+        rel = Path(local).resolve().relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        return None
+    return quote(rel.as_posix())
+
+
 def player_html(
     job: Job,
     *,
@@ -152,7 +168,7 @@ def player_html(
     if local is not None:
         limit = embed_limit_bytes if kind == "image" else media_embed_limit_bytes
         src = _data_uri(Path(local), limit)
-    src = src or url
+    src = src or _beside_notebook(local) or url
     parts: list[str] = []
     if kind == "text":
         text = (job.output or {}).get("text")

@@ -374,7 +374,7 @@ class Job:
 
     def cancel(self) -> Any:
         """Cancel the job (credits are refunded); returns the ``CancelResult``."""
-        return self._require_client().cancel(self.id)
+        return self._require_client().cancel(self.id, job=self)
 
     def download(self, directory: str | os.PathLike[str] | None = None, *, max_bytes: int | None = None) -> Path:
         """Stream the first output file into ``directory`` (default: the data folder's downloads).

@@ -210,12 +210,15 @@ def widgets_available() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def show_job(job: Job, *, tracker: Tracker | None = None, use_widgets: bool | None = None) -> JobDisplay:
+def show_job(
+    job: Job, *, tracker: Tracker | None = None, use_widgets: bool | None = None, transient: bool = False
+) -> JobDisplay:
     """Show a live view of ``job`` in the current cell and make the tracker keep it up to date.
 
     Call it from the cell (it displays); updates then come from the tracker thread. When the job
     ends, the output is rewritten (by display id) with the plain final bundle, so the result stays
-    visible in a saved notebook, nbconvert HTML and VS Code without the kernel.
+    visible in a saved notebook, nbconvert HTML and VS Code without the kernel. ``transient``
+    shows the widget alone, for a caller that clears it and displays the final result itself.
     """
     from IPython.display import display
 
@@ -227,7 +230,21 @@ def show_job(job: Job, *, tracker: Tracker | None = None, use_widgets: bool | No
         tracker.track(job)
         return JobDisplay(job, text_view, None)
 
+    if job.done:
+        # Nothing left to watch: the plain final bundle is the whole story, and it saves cleanly.
+        handle = display(D.job_bundle(job), raw=True, display_id=True)
+        return JobDisplay(job, None, handle)
+
     view = JobView(job, tracker=tracker)
+    if transient:
+        # A view that the caller will clear and follow with the final result (``%%vydra --wait``):
+        # the widget alone, so nothing of it is left in a saved notebook or seen by nbval, which
+        # applies neither clear_output nor display updates.
+        widget_only = {k: v for k, v in (super(JobView, view)._repr_mimebundle_() or {}).items()
+                       if k == "application/vnd.jupyter.widget-view+json"}
+        display(widget_only, raw=True)
+        tracker.track(job)
+        return JobDisplay(job, view, None)
     handle = display(view._repr_mimebundle_(), raw=True, display_id=True)
     shown = {"html": None}
     lock = threading.Lock()

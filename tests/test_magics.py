@@ -1,0 +1,280 @@
+"""The magics: parsing without a network, then a real InteractiveShell against the sandbox."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+import vydra_nb
+from vydra_nb.magic_args import interpolate, parse_cell, request_bodies
+from vydra_nb.models import Model
+
+VEO_LIKE = Model.from_api(
+    {
+        "slug": "vidgen",
+        "name": "A video model",
+        "provider": "acme",
+        "creditsPerUnit": 100,
+        "pricingUnit": "video",
+        "isActive": True,
+        "inputSchema": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["prompt"],
+            "properties": {
+                "prompt": {"type": "string"},
+                "aspectRatio": {"type": "string", "enum": ["16:9", "9:16", "1:1"], "default": "16:9"},
+                "duration": {"type": "integer", "minimum": 4, "maximum": 12},
+                "keep_sound": {"type": "boolean"},
+                "guidance": {"type": "number"},
+            },
+        },
+    }
+)
+
+
+# -- parsing (no network) ----------------------------------------------------------------------
+def test_schema_flags_are_typed() -> None:
+    cmd = parse_cell("vidgen --aspect-ratio 9:16 --duration 8 --keep-sound --guidance=2.5 -o clip --wait", "A fox", VEO_LIKE)
+    assert cmd.params == {"aspectRatio": "9:16", "duration": 8, "keep_sound": True, "guidance": 2.5}
+    assert cmd.output_var == "clip" and cmd.wait and cmd.prompts == ["A fox"]
+    assert parse_cell("vidgen --no-keep-sound", "x", VEO_LIKE).params == {"keep_sound": False}
+    assert request_bodies(cmd, VEO_LIKE) == [{**cmd.params, "prompt": "A fox"}]
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("vidgen --aspect-ratio 4:3", "one of 16:9, 9:16, 1:1"),
+        ("vidgen --duration ten", "whole number"),
+        ("vidgen --duration 40", "between 4 and 12"),
+        ("vidgen --aspect-ration 9:16", "Did you mean --aspect-ratio"),
+        ("vidgen --duration", "needs a value"),
+        ("vidgen -o 1abc", "variable name"),
+        ("vidgen stray", "cell body"),
+        ('vidgen --aspect-ratio "9:16', "quotes"),
+        ("vidgen --max-credits lots", "non-negative number"),
+    ],
+)
+def test_bad_lines_are_one_line_usage_errors(line: str, words: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_cell(line, "prompt", VEO_LIKE)
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_comma_values_make_a_sweep() -> None:
+    cmd = parse_cell("vidgen --aspect-ratio 16:9,9:16 --duration 4,8 --each-line", "a cat\n\na dog\n", VEO_LIKE)
+    assert cmd.grid == {"aspectRatio": ["16:9", "9:16"], "duration": [4, 8]}
+    assert cmd.prompts == ["a cat", "a dog"] and cmd.is_sweep
+    bodies = request_bodies(cmd, VEO_LIKE)
+    assert len(bodies) == 8 and {"prompt": "a dog", "aspectRatio": "9:16", "duration": 8} in bodies
+
+
+def test_interpolation() -> None:
+    ns = {"subject": "a heron", "n": 3, "cfg": {"mood": "calm"}}
+    assert interpolate("{subject} x{n} {{literal}} {cfg[mood]}", ns) == "a heron x3 {literal} calm"
+    with pytest.raises(UsageError, match="undefined variable.*missing_one, other"):
+        interpolate("{missing_one} and {other} and {subject}", ns)
+    with pytest.raises(UsageError, match="variable name"):
+        interpolate("{} and {0}", ns)
+    with pytest.raises(UsageError, match="stray brace"):
+        interpolate("a { b", ns)
+
+
+# -- a real shell against the sandbox ---------------------------------------------------------
+@pytest.fixture
+def ip() -> Iterator[InteractiveShell]:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "vydra_nb")
+    shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
+    shell.run_line_magic("vydra", "sandbox --speed 100 --credits 5000")
+    yield shell
+    magics = shell.magics_manager.registry["VydraMagics"]
+    if magics._sandbox is not None:
+        magics._sandbox.stop()
+    magics._sandbox = None
+    magics._client = None
+    vydra_nb.client.set_default_client(None)
+
+
+def magics_of(shell: InteractiveShell) -> Any:
+    return shell.magics_manager.registry["VydraMagics"]
+
+
+def balance(shell: InteractiveShell) -> int:
+    return int(magics_of(shell)._sandbox.state()["balance"])
+
+
+def test_cell_returns_job_and_stores_it(ip: InteractiveShell) -> None:
+    ip.user_ns["animal"] = "heron"
+    job = ip.run_cell_magic("vydra", "veo3 --aspect-ratio 9:16 -o clip", "A {animal} at dawn")
+    assert isinstance(job, vydra_nb.Job)
+    assert ip.user_ns["clip"] is job
+    assert job.params == {"prompt": "A heron at dawn", "aspect_ratio": "9:16"}
+    assert balance(ip) == 5000 - 175
+    job.wait(timeout=60)
+    assert job.status == "completed"
+
+
+def test_cell_value_lands_in_underscore(ip: InteractiveShell) -> None:
+    result = ip.run_cell("%%vydra elevenlabs-tts --wait\nHello there", store_history=True)
+    assert result.error_in_exec is None, result.error_in_exec
+    job = ip.user_ns["_"]
+    assert isinstance(job, vydra_nb.Job) and job.status == "completed"
+
+
+def test_wait_blocks_until_done(ip: InteractiveShell) -> None:
+    job = ip.run_cell_magic("vydra", "nano-banana --wait", "a lemon")
+    assert job.status == "completed" and job.media
+
+
+def test_dry_run_sends_nothing(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    client = magics_of(ip).client
+    client.models()
+    sent = client.requests_sent
+    out = ip.run_cell_magic("vydra", "grok-imagine --model text-to-video --duration 6 --dry-run", "a comet")
+    assert out is None
+    text = capsys.readouterr().out
+    body = json.loads(text[text.index("{"): text.rindex("}") + 1])
+    assert body == {"model": "text-to-video", "duration": 6, "prompt": "a comet"}
+    assert "150 credits" in text and "$0.45" in text and "Nothing was sent" in text
+    assert client.requests_sent == sent and balance(ip) == 5000
+    assert magics_of(ip)._sandbox.api_key not in text
+
+
+def test_max_credits_and_confirmation(ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UsageError, match="above --max-credits 100; nothing was sent"):
+        ip.run_cell_magic("vydra", "veo3 --max-credits 100", "too dear")
+    ip.run_line_magic("config", "VydraMagics.confirm_above = 100")
+    try:
+        with pytest.raises(UsageError, match="add --yes"):
+            ip.run_cell_magic("vydra", "veo3", "needs a yes")
+        assert balance(ip) == 5000
+        job = ip.run_cell_magic("vydra", "veo3 --yes", "confirmed")
+        assert job.credits_charged == 175
+        answers = iter(["n", "y"])
+        monkeypatch.setattr("builtins.input", lambda question: next(answers))
+        with pytest.raises(UsageError, match="Not submitted"):
+            ip.run_cell_magic("vydra", "veo3", "asked, declined")
+        assert ip.run_cell_magic("vydra", "veo3", "asked, accepted").credits_charged == 175
+        assert balance(ip) == 5000 - 350
+    finally:
+        ip.run_line_magic("config", "VydraMagics.confirm_above = 1000")
+
+
+@pytest.mark.parametrize(
+    ("line", "body", "words"),
+    [
+        ("veo", "x", "Did you mean veo3"),
+        ("veo3 --aspect-ratio 4:3", "x", "one of"),
+        ("veo3", "{undefined_thing}", "undefined_thing"),
+        ("veo3 --colour red", "x", "no flag --colour"),
+        ("veo3", "\n", "needs 'prompt'"),
+    ],
+)
+def test_bad_cells_send_no_request(ip: InteractiveShell, line: str, body: str, words: str) -> None:
+    client = magics_of(ip).client
+    client.models()
+    sent = client.requests_sent
+    with pytest.raises(UsageError) as info:
+        ip.run_cell_magic("vydra", line, body)
+    assert words in str(info.value)
+    assert client.requests_sent == sent
+    assert balance(ip) == 5000
+
+
+def test_insufficient_credits_is_one_line(ip: InteractiveShell) -> None:
+    ip.run_line_magic("vydra", "sandbox --speed 100 --credits 100")
+    with pytest.raises(UsageError) as info:
+        ip.run_cell_magic("vydra", "veo3", "expensive")
+    assert "needs 175 credits and 100 remain" in str(info.value)
+
+
+def test_missing_key_says_how_to_set_it() -> None:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "vydra_nb")
+    m = magics_of(shell)
+    m._client, m._sandbox = None, None
+    vydra_nb.client.set_default_client(None)
+    with pytest.raises(UsageError, match="VYDRA_API_KEY.*sandbox"):
+        shell.run_line_magic("vydra", "credits")
+    m._client = None
+
+
+def test_line_commands(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("vydra", "credits")
+    assert "5,000 credits remaining" in capsys.readouterr().out
+    job = ip.run_line_magic("vydra", "generate kling-motion-control --image-url https://e.com/a.png --video-url https://e.com/b.mp4")
+    ip.run_line_magic("vydra", f"cancel {job.id}")
+    assert "350 credits refunded" in capsys.readouterr().out
+    again = ip.run_line_magic("vydra", f"job {job.id}")
+    assert again.id == job.id and again.status == "cancelled"
+    ip.run_line_magic("vydra", "help veo3")
+    text = capsys.readouterr().out
+    assert "--aspect-ratio" in text and "16:9, 9:16, 1:1" in text and "175 credits" in text
+    ip.run_line_magic("vydra", "help")
+    assert "%%vydra MODEL" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="Did you mean `%vydra models`"):
+        ip.run_line_magic("vydra", "modles")
+
+
+def test_models_and_jobs_tables(ip: InteractiveShell) -> None:
+    models = ip.run_line_magic("vydra", "models --provider xai")
+    assert set(models["provider"]) == {"xai"}
+    job = ip.run_cell_magic("vydra", "elevenlabs-tts --wait", "recorded")
+    jobs = ip.run_line_magic("vydra", "jobs --limit 5")
+    assert job.id in set(jobs["id"])
+
+
+def test_completion(ip: InteractiveShell) -> None:
+    m = magics_of(ip)
+    assert "veo3" in m.completions("%%vydra ve")
+    assert "--aspect-ratio" in m.completions("%%vydra veo3 --asp")
+    assert m.completions("%%vydra veo3 --aspect-ratio ") == ["16:9", "9:16", "1:1"]
+    assert "models" in m.completions("%vydra mo")
+    from IPython.core.completer import provisionalcompleter
+
+    line = "%%vydra veo3 --aspect-ratio 9"
+    with provisionalcompleter():
+        assert "9:16" in {c.text for c in ip.Completer.completions(line, len(line))}
+
+
+def test_sandbox_label_and_no_key_in_outputs(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    key = magics_of(ip)._sandbox.api_key
+    ip.run_line_magic("vydra", "sandbox --speed 100")
+    out = capsys.readouterr().out
+    assert "SANDBOX" in out and key not in out
+
+
+def test_load_ext_is_light() -> None:
+    code = (
+        "import sys, time\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\n"
+        "before = set(sys.modules)\n"
+        "t = time.perf_counter(); ip.run_line_magic('load_ext', 'vydra_nb'); dt = time.perf_counter() - t\n"
+        "heavy = [m for m in ('pandas', 'ipywidgets', 'av', 'PIL', 'requests', 'numpy', 'matplotlib') if m in set(sys.modules) - before]\n"
+        "print(heavy, dt)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    heavy, seconds = out.rsplit("]", 1)
+    assert heavy.strip() == "[", f"%load_ext imported {heavy}]"
+    assert float(seconds) < 0.5
+
+
+def test_cell_sweep_submits_every_combination(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    result = ip.run_cell_magic("vydra", "nano-banana --aspect-ratio 1:1,16:9 --each-line --wait -o grid", "a pear\na plum\n")
+    assert ip.user_ns["grid"] is result
+    assert len(result.jobs) == 4 and all(j.status == "completed" for j in result.jobs)
+    assert {(j.params["prompt"], j.params["aspect_ratio"]) for j in result.jobs} == {
+        ("a pear", "1:1"), ("a pear", "16:9"), ("a plum", "1:1"), ("a plum", "16:9")}
+    assert "32 credits" in capsys.readouterr().out, "the total is shown before submitting"
+    assert balance(ip) == 5000 - 32

@@ -1,0 +1,640 @@
+"""pandas helpers: the model price list, the job history, spend, a what-if planner and a chart.
+
+Every function returns a plain ``DataFrame`` (or matplotlib ``Axes``) so results compose with the
+rest of pandas; ``styled(df)`` turns any of them into a tidy notebook table. This module imports
+pandas at the top, so it is itself only ever imported lazily (``vydra_nb.models_df`` and friends
+resolve on first use) and ``%load_ext vydra_nb`` stays fast.
+
+Money: credits are integers (nullable ``Int64``, because a job the server never priced has no
+charge); dollars are ``credits * usd_per_credit`` (the Creator plan rate by default, 0.003).
+Times are UTC (``datetime64[..., UTC]``), because the history stores epoch seconds and a notebook
+may be shared across time zones.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta, timezone
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import USD_PER_CREDIT
+from .history import History, get_history
+from .jobs import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
+
+__all__ = [
+    "STATUSES", "models_df", "jobs_df", "expand_params", "spend_summary", "plan_costs", "spend_chart",
+    "styled",
+]
+
+# The five documented statuses, in lifecycle order; statuses seen in the store are appended.
+STATUSES: tuple[str, ...] = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
+
+MODEL_COLUMNS = (
+    "slug", "name", "provider", "variant", "credits_per_unit", "pricing_unit", "usd_per_unit", "is_active",
+    "description",
+)
+
+# What jobs_df reads: one SQL query, only the columns it shows (each column costs ~30 ms per 100k rows).
+_JOB_SQL_COLUMNS = (
+    "id", "created_at", "model", "status", "progress", "prompt", "params", "credits_charged",
+    "credits_refunded", "started_at", "completed_at", "media_url", "local_path", "error_code",
+    "error_message", "backend", "host", "notebook", "session",
+)
+JOB_COLUMNS = (
+    "id", "created_at", "model", "status", "progress", "prompt", "params", "credits_charged",
+    "credits_refunded", "net_credits", "usd", "started_at", "completed_at", "duration_s", "media_url",
+    "local_path", "error_code", "error_message", "backend", "host", "notebook", "session",
+)
+_STR_COLUMNS = ("id", "model", "prompt", "media_url", "local_path", "error_code", "error_message", "backend", "host", "notebook", "session")
+_TIME_COLUMNS = ("created_at", "started_at", "completed_at")
+_INT_COLUMNS = ("progress", "credits_charged", "credits_refunded")
+
+SUMMARY_COLUMNS = (
+    "jobs", "credits_charged", "credits_refunded", "net_credits", "usd", "failure_rate", "mean_duration_s",
+)
+_SUMMARY_BY = ("model", "day", "week", "status", "provider")
+
+PLAN_COLUMNS = (
+    "model", "variant", "count", "credits_each", "credits", "usd", "balance_after", "covered", "short_by",
+)
+TOTAL_LABEL = "TOTAL"
+
+# Text columns: pandas 3's "str" dtype (missing values are NaN); pandas 2 keeps object, where
+# astype("str") would turn None into the text "None".
+TEXT_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _client_or_default(client: Any) -> Any:
+    """The given client, else the session's (``%vydra sandbox``/``login``), else one from the environment."""
+    if client is not None:
+        return client
+    from .client import default_client
+
+    return default_client()
+
+
+def _history(history: History | str | PathLike[str] | None) -> History:
+    if history is None:
+        return get_history()
+    if isinstance(history, History):
+        return history
+    return History(history)
+
+
+# -- models ----------------------------------------------------------------------------------------
+def models_df(
+    provider: str | None = None,
+    active_only: bool = True,
+    usd_per_credit: float = USD_PER_CREDIT,
+    *,
+    client: Any = None,
+) -> pd.DataFrame:
+    """The price list: one row per model, and one per priced variant where a parameter sets the price.
+
+    Grok Imagine costs 8 credits for an image and 150 for a video, chosen by its ``model``
+    parameter; a single row would mislead a budget, so each priced value gets its own row with
+    ``variant`` such as ``"model=text-to-image"`` (``variant`` is missing for one-price models).
+    That label can be passed to :func:`plan_costs` as ``"grok-imagine:model=text-to-video"``.
+
+    ``client`` is anything with ``.models(provider=, active=)`` (default: the session's client);
+    the list is cached by the client for an hour, so calling this again costs no request.
+    Sorted by provider, then slug, then price.
+    """
+    c = _client_or_default(client)
+    models = c.models(provider=provider, active=True if active_only else None)
+    records = []
+    for m in models:
+        variants = m.price_variants() if hasattr(m, "price_variants") else [(None, m.credits_per_unit)]
+        for variant, credits in variants:
+            records.append((
+                m.slug, m.name, m.provider, variant, credits, m.pricing_unit,
+                None if credits is None else credits * usd_per_credit, bool(m.is_active), m.description,
+            ))
+    df = pd.DataFrame.from_records(records, columns=list(MODEL_COLUMNS))
+    for col in ("slug", "name", "provider", "variant", "pricing_unit", "description"):
+        df[col] = df[col].astype(TEXT_DTYPE)
+    df["credits_per_unit"] = df["credits_per_unit"].astype("Int64")
+    df["usd_per_unit"] = df["usd_per_unit"].astype("float64")
+    df["is_active"] = df["is_active"].astype("bool")
+    df = df.sort_values(["provider", "slug", "credits_per_unit"], na_position="last", kind="stable")
+    return df.reset_index(drop=True)
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+_DATE_LIKE = re.compile(r"^\s*\d{4}-\d{2}")
+
+
+def _since_epoch(since: Any, now: datetime | None = None) -> float | None:
+    """``since`` as epoch seconds.
+
+    A datetime, date, ISO string or ``pd.Timestamp`` is a moment (naive means UTC, like every time
+    in these frames); a ``timedelta``/``pd.Timedelta`` or a duration string such as ``"7D"``,
+    ``"12h"`` or ``"2 weeks"`` means "that long ago". A plain number is epoch seconds.
+    """
+    if since is None:
+        return None
+    now = now or datetime.now(timezone.utc)
+    if isinstance(since, (timedelta, pd.Timedelta, np.timedelta64)):
+        return (now - pd.Timedelta(since)).timestamp()
+    if isinstance(since, bool):
+        raise TypeError("since must be a datetime, an ISO string or a duration such as '7D'.")
+    if isinstance(since, (int, float)):
+        return float(since)
+    if isinstance(since, str):
+        text = since.strip()
+        if not _DATE_LIKE.match(text):
+            if not re.search(r"[A-Za-z]", text):
+                raise ValueError(f"since={since!r}: give a unit, like '7D' or '12h', or an ISO date.")
+            try:
+                return (now - pd.Timedelta(text)).timestamp()
+            except ValueError:
+                raise ValueError(
+                    f"since={since!r} is neither an ISO date ('2024-05-01') nor a duration ('7D', '12h')."
+                ) from None
+        since = pd.Timestamp(text)
+    if isinstance(since, date) and not isinstance(since, datetime):
+        since = datetime(since.year, since.month, since.day)
+    if isinstance(since, datetime):  # pd.Timestamp is one too
+        ts = pd.Timestamp(since)
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        return ts.timestamp()
+    raise TypeError(f"since must be a datetime, an ISO string or a duration such as '7D', not {type(since).__name__}.")
+
+
+def _in_clause(column: str, value: str | Iterable[str] | None, where: list[str], args: list[Any]) -> None:
+    if value is None:
+        return
+    values = [value] if isinstance(value, str) else list(value)
+    if not values:
+        where.append("0")
+        return
+    where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+    args.extend(str(v) for v in values)
+
+
+def _status_categorical(values: pd.Series) -> pd.Categorical:
+    seen = [s for s in pd.unique(values.dropna()) if s not in STATUSES]
+    return pd.Categorical(values, categories=[*STATUSES, *sorted(map(str, seen))])
+
+
+def jobs_df(
+    since: Any = None,
+    model: str | Iterable[str] | None = None,
+    status: str | Iterable[str] | None = None,
+    *,
+    history: History | str | PathLike[str] | None = None,
+    usd_per_credit: float = USD_PER_CREDIT,
+    parse_params: bool = False,
+    session: str | None = None,
+) -> pd.DataFrame:
+    """Every recorded job, newest first, with typed columns ready for analysis.
+
+    Columns: ``id``, ``created_at``/``started_at``/``completed_at`` (UTC datetimes), ``model``,
+    ``status`` (categorical: the five documented statuses, then any other seen), ``progress``,
+    ``credits_charged``, ``credits_refunded``, ``net_credits`` (nullable ``Int64``), ``usd``,
+    ``duration_s`` (completed_at - created_at), ``prompt``, ``params``, ``media_url``,
+    ``local_path``, ``error_code``, ``error_message``, ``backend``, ``host``, ``notebook``.
+
+    ``since``: a datetime/ISO string, or a duration like ``"7D"`` meaning the last 7 days.
+    ``model``/``status``: one value or several. ``session="current"`` keeps only the jobs this
+    kernel submitted (the history is shared by every notebook and kernel); any other string is a
+    session id from the ``session`` column.
+
+    ``params`` stays the stored JSON text unless ``parse_params=True``: decoding 100,000 small
+    JSON objects costs as much as the rest of this function together, and most analyses never
+    look at them. :func:`expand_params` turns them into columns when you do.
+
+    One SQL query through a separate read-only connection (a writer in another kernel never waits
+    for it); conversions are vectorised, so 100,000 jobs load in a few tenths of a second.
+    """
+    store = _history(history)
+    where: list[str] = []
+    args: list[Any] = []
+    start = _since_epoch(since)
+    if start is not None:
+        where.append("created_at >= ?")
+        args.append(start)
+    _in_clause("model", model, where, args)
+    _in_clause("status", status, where, args)
+    if session is not None:
+        from .history import SESSION_ID
+
+        where.append("session = ?")
+        args.append(SESSION_ID if session == "current" else session)
+    sql = f"SELECT {', '.join(_JOB_SQL_COLUMNS)} FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, rowid DESC"
+    conn = store.connection_for_read()
+    try:
+        rows = conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+    raw = pd.DataFrame.from_records(rows, columns=list(_JOB_SQL_COLUMNS), coerce_float=True)
+    return _type_jobs(raw, usd_per_credit=usd_per_credit, parse_params=parse_params)
+
+
+def _type_jobs(raw: pd.DataFrame, *, usd_per_credit: float, parse_params: bool) -> pd.DataFrame:
+    """Give the raw SQL columns their types; works the same on an empty result."""
+    out: dict[str, Any] = {}
+    for col in _TIME_COLUMNS:
+        out[col] = pd.to_datetime(pd.to_numeric(raw[col], errors="coerce"), unit="s", utc=True)
+    for col in _INT_COLUMNS:
+        out[col] = pd.to_numeric(raw[col], errors="coerce").astype("Int64")
+    for col in _STR_COLUMNS:
+        column = raw[col]
+        out[col] = column if column.dtype == TEXT_DTYPE else column.astype(TEXT_DTYPE)
+    out["status"] = _status_categorical(raw["status"])
+    charged, refunded = out["credits_charged"], out["credits_refunded"]
+    net = charged.fillna(0) - refunded.fillna(0)
+    net[charged.isna() & refunded.isna()] = pd.NA  # nothing known is not "free"
+    out["net_credits"] = net
+    out["usd"] = net.astype("float64") * usd_per_credit
+    out["duration_s"] = (out["completed_at"] - out["created_at"]).dt.total_seconds()
+    if parse_params:
+        out["params"] = pd.Series([_loads(s) for s in raw["params"]], index=raw.index, dtype=object)
+    else:
+        out["params"] = raw["params"].astype(TEXT_DTYPE)
+    return pd.DataFrame({c: out[c] for c in JOB_COLUMNS}, index=raw.index)
+
+
+def _loads(text: Any) -> dict[str, Any]:
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def expand_params(jobs: pd.DataFrame, *, prefix: str = "param_") -> pd.DataFrame:
+    """``jobs`` with each submitted parameter as its own column (``param_aspect_ratio``, ...).
+
+    Accepts the JSON text column ``jobs_df()`` returns or already parsed dicts. Kept separate from
+    ``jobs_df`` because decoding is the slowest step there; run it on the rows you selected.
+    """
+    parsed = [p if isinstance(p, dict) else _loads(p) for p in jobs["params"]]
+    wide = pd.json_normalize(parsed, max_level=0) if parsed else pd.DataFrame()
+    wide.index = jobs.index
+    wide.columns = [f"{prefix}{c}" for c in wide.columns]
+    return jobs.join(wide)
+
+
+# -- spend -----------------------------------------------------------------------------------------
+def _provider_map(models: Mapping[str, str] | Iterable[Any] | None, client: Any) -> dict[str, str]:
+    """slug -> provider, from ``models`` (a mapping or Model objects) or a client's cached list."""
+    if isinstance(models, Mapping):
+        return {str(k): str(v) for k, v in models.items()}
+    if models is not None:
+        return {m.slug: m.provider or "unknown" for m in models}
+    if client is None:
+        from . import client as client_mod
+
+        client = client_mod._default_client  # only one the session already made: no surprise request
+    if client is None:
+        return {}
+    try:
+        return {m.slug: m.provider or "unknown" for m in client.models()}
+    except Exception:  # offline, no key: the summary still works, providers show as unknown
+        return {}
+
+
+def _group_key(df: pd.DataFrame, by: str, providers: dict[str, str]) -> pd.Series:
+    if by == "model":
+        return df["model"].fillna("unknown").rename("model")
+    if by == "status":
+        return df["status"].rename("status")
+    if by == "provider":
+        return df["model"].map(lambda s: providers.get(s, "unknown") if isinstance(s, str) else "unknown").rename("provider")
+    created = df["created_at"]
+    if by == "day":
+        return created.dt.floor("D").rename("day")
+    # Weeks start on Monday (ISO), labelled by that Monday.
+    return (created.dt.floor("D") - pd.to_timedelta(created.dt.day_of_week, unit="D")).rename("week")
+
+
+def spend_summary(
+    by: str = "model",
+    *,
+    history: History | str | PathLike[str] | None = None,
+    since: Any = None,
+    models: Mapping[str, str] | Iterable[Any] | None = None,
+    client: Any = None,
+    usd_per_credit: float = USD_PER_CREDIT,
+    jobs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Where the credits went, grouped ``by`` model, day, week (from Monday), status or provider.
+
+    Columns: ``jobs``, ``credits_charged``, ``credits_refunded``, ``net_credits``, ``usd`` (of the
+    net), ``failure_rate`` and ``mean_duration_s``. ``failure_rate`` is failed / (completed +
+    failed): a cancellation is the user's choice and says nothing about the model, and a job
+    still running has no outcome yet (NaN when none finished). ``mean_duration_s`` is over the
+    jobs with a completion time, i.e. the completed ones.
+
+    The provider of a model comes from ``models`` (``{"veo3": "kie-ai"}`` or ``Model`` objects),
+    else ``client``'s cached model list, else the session's client if one exists; a model none of
+    them knows is "unknown". Nothing here makes a request you did not ask for.
+    Pass ``jobs`` (a ``jobs_df()`` result, perhaps filtered) to summarise that instead of the store.
+    Rows: models and providers by net credits (largest first), days and weeks in order.
+    """
+    if by not in _SUMMARY_BY:
+        raise ValueError(f"by={by!r}: choose one of {', '.join(_SUMMARY_BY)}.")
+    df = jobs if jobs is not None else jobs_df(since=since, history=history, usd_per_credit=usd_per_credit)
+    providers = _provider_map(models, client) if by == "provider" else {}
+    key = _group_key(df, by, providers)
+    finished = df["status"].isin([COMPLETED, FAILED])
+    failed = (df["status"] == FAILED).astype("int64")
+    frame = pd.DataFrame({
+        "key": key,
+        "credits_charged": df["credits_charged"],
+        "credits_refunded": df["credits_refunded"],
+        "net_credits": df["net_credits"],
+        "failed": failed,
+        "finished": finished.astype("int64"),
+        "duration_s": df["duration_s"],
+    })
+    g = frame.groupby("key", observed=True, sort=True, dropna=True)
+    out = pd.DataFrame({
+        "jobs": g.size().astype("int64"),
+        "credits_charged": g["credits_charged"].sum().astype("Int64"),
+        "credits_refunded": g["credits_refunded"].sum().astype("Int64"),
+        "net_credits": g["net_credits"].sum().astype("Int64"),
+    })
+    out["usd"] = out["net_credits"].astype("float64") * usd_per_credit
+    finished_n = g["finished"].sum()
+    out["failure_rate"] = (g["failed"].sum() / finished_n.where(finished_n > 0)).astype("float64")
+    out["mean_duration_s"] = g["duration_s"].mean().astype("float64")
+    out.index.name = by
+    if by in ("model", "provider"):
+        out = out.sort_values(["net_credits", "jobs"], ascending=False, kind="stable")
+    if by == "status" and len(out):
+        out.index = pd.CategoricalIndex(out.index, categories=df["status"].cat.categories, name="status")
+    return out[list(SUMMARY_COLUMNS)]
+
+
+# -- what-if ---------------------------------------------------------------------------------------
+def _plan_items(counts: Any) -> list[tuple[str, str | None, dict[str, Any], int]]:
+    """Normalise the planner's input forms to (slug, variant value, params, count)."""
+    items: list[tuple[str, str | None, dict[str, Any], int]] = []
+    if isinstance(counts, pd.DataFrame):
+        missing = {"model", "count"} - set(counts.columns)
+        if missing:
+            raise ValueError(f"plan_costs needs columns 'model' and 'count' (missing {', '.join(sorted(missing))}).")
+        for rec in counts.to_dict("records"):
+            params = rec.get("params") if isinstance(rec.get("params"), dict) else {}
+            slug, variant = _split_key(str(rec["model"]))
+            items.append((slug, variant, dict(params), _count(rec["count"], rec["model"])))
+        return items
+    if isinstance(counts, pd.Series):
+        counts = counts.to_dict()
+    if not isinstance(counts, Mapping):
+        raise TypeError("plan_costs takes a dict like {'veo3': 50, 'grok-imagine:text-to-image': 200} or a DataFrame.")
+    for key, value in counts.items():
+        slug, variant = _split_key(str(key))
+        if isinstance(value, Mapping):
+            params = {k: v for k, v in value.items() if k != "count"}
+            if "count" not in value:
+                raise ValueError(f"plan_costs[{key!r}]: give a 'count', e.g. {{'count': 200, **params}}.")
+            items.append((slug, variant, params, _count(value["count"], key)))
+        else:
+            items.append((slug, variant, {}, _count(value, key)))
+    return items
+
+
+def _split_key(key: str) -> tuple[str, str | None]:
+    slug, sep, variant = key.partition(":")
+    return slug.strip(), (variant.strip() or None) if sep else None
+
+
+def _count(value: Any, key: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)) or value != int(value) or value < 0:
+        raise ValueError(f"plan_costs[{key!r}]: the count must be a whole number >= 0, not {value!r}.")
+    return int(value)
+
+
+def _variant_params(model: Any, variant: str) -> tuple[dict[str, Any], str]:
+    """``"text-to-video"`` or ``"model=text-to-video"`` -> the parameter that sets that price."""
+    name, sep, value = variant.partition("=")
+    for p in model.parameters:
+        if not p.prices:
+            continue
+        if sep and p.name == name.strip() and value.strip() in p.prices:
+            return {p.name: value.strip()}, f"{p.name}={value.strip()}"
+        if not sep and variant in p.prices:
+            return {p.name: variant}, f"{p.name}={variant}"
+    labels = [label for label, _ in model.price_variants() if label]
+    hint = f" Priced variants: {', '.join(labels)}." if labels else f" {model.slug} has one price."
+    raise ValueError(f"{model.slug} has no priced variant {variant!r}.{hint}")
+
+
+def plan_costs(
+    counts: Mapping[str, Any] | pd.DataFrame | pd.Series,
+    *,
+    client: Any = None,
+    balance: int | None = None,
+    check_balance: bool = True,
+    usd_per_credit: float = USD_PER_CREDIT,
+) -> pd.DataFrame:
+    """What a batch would cost, line by line and in total, against the remaining balance.
+
+    ``counts`` forms (all may be mixed in one dict):
+
+    - ``{"veo3": 50}``: 50 submissions at the model's default price;
+    - ``{"grok-imagine:text-to-video": 20}`` or ``{"grok-imagine:model=text-to-video": 20}``: a
+      priced variant, named by its value or by ``models_df()``'s ``variant`` label;
+    - ``{"grok-imagine": {"count": 20, "model": "text-to-video", "duration": 10}}``: the
+      parameters you would submit, priced exactly as ``client.estimate`` would;
+    - a DataFrame with ``model`` and ``count`` columns (and optionally ``params`` dicts).
+
+    ``count`` is in the model's pricing unit (submissions, or minutes for per-minute models).
+    Returns one row per line plus a ``TOTAL`` row: ``credits_each``, ``credits``, ``usd``,
+    ``balance_after`` (the balance once this line and those above it are paid), ``covered`` and
+    ``short_by`` (credits missing, 0 when covered). The balance is ``balance`` if given, else
+    ``client.organization().credits_remaining`` (one request) unless ``check_balance=False``.
+    The totals are also in ``df.attrs`` (``total_credits``, ``total_usd``, ``balance``, ``short_by``).
+    """
+    c = _client_or_default(client)
+    records = []
+    unknown_price = []
+    for slug, variant, params, count in _plan_items(counts):
+        model = c.model(slug)
+        label = None
+        if variant is not None:
+            vparams, label = _variant_params(model, variant)
+            params = {**vparams, **params}
+        elif params:
+            priced = [p.name for p in model.parameters if p.prices and p.name in params]
+            label = ", ".join(f"{n}={params[n]}" for n in priced) or None
+        each = model.price(params)
+        if each is None:
+            unknown_price.append(slug)
+        records.append({
+            "model": slug,
+            "variant": label,
+            "count": count,
+            "credits_each": each,
+            "credits": None if each is None else each * count,
+        })
+    if unknown_price:
+        warnings.warn(
+            f"No price listed for {', '.join(unknown_price)}; the total leaves them out.", stacklevel=2
+        )
+    if balance is None and check_balance:
+        balance = c.organization().credits_remaining
+    df = pd.DataFrame.from_records(records, columns=["model", "variant", "count", "credits_each", "credits"])
+    total_credits = int(pd.to_numeric(df["credits"]).fillna(0).sum()) if len(df) else 0
+    total = {
+        "model": TOTAL_LABEL, "variant": None, "count": int(df["count"].sum()) if len(df) else 0,
+        "credits_each": None, "credits": total_credits,
+    }
+    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True) if len(df) else pd.DataFrame([total])
+    for col in ("count", "credits_each", "credits"):
+        df[col] = pd.to_numeric(df[col]).astype("Int64")
+    for col in ("model", "variant"):
+        df[col] = df[col].astype(TEXT_DTYPE)
+    df["usd"] = df["credits"].astype("float64") * usd_per_credit
+    lines = df["credits"].iloc[:-1].fillna(0).cumsum()
+    spent = pd.concat([lines, pd.Series([total_credits], dtype="Int64")], ignore_index=True)
+    if balance is None:
+        df["balance_after"] = pd.array([pd.NA] * len(df), dtype="Int64")
+        df["covered"] = pd.array([pd.NA] * len(df), dtype="boolean")
+        df["short_by"] = pd.array([pd.NA] * len(df), dtype="Int64")
+    else:
+        after = (int(balance) - spent).astype("Int64")
+        df["balance_after"] = after
+        df["covered"] = (after >= 0).astype("boolean")
+        df["short_by"] = (-after).clip(lower=0).astype("Int64")
+    df = df[list(PLAN_COLUMNS)]
+    df.attrs.update({
+        "total_credits": total_credits,
+        "total_usd": total_credits * usd_per_credit,
+        "balance": None if balance is None else int(balance),
+        "short_by": None if balance is None else max(0, total_credits - int(balance)),
+    })
+    return df
+
+
+# -- chart -----------------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            "spend_chart needs matplotlib, an optional extra: pip install vydra-nb[plot]"
+        ) from None
+    return plt
+
+
+def spend_chart(
+    by: str = "day",
+    *,
+    history: History | str | PathLike[str] | None = None,
+    since: Any = None,
+    ax: Any = None,
+    models: Mapping[str, str] | Iterable[Any] | None = None,
+    client: Any = None,
+    usd_per_credit: float = USD_PER_CREDIT,
+    top: int = 8,
+    jobs: pd.DataFrame | None = None,
+) -> Any:
+    """A bar chart of net dollars spent, for people who would rather look than read; returns the Axes.
+
+    ``by="day"``/``"week"``: bars over time, stacked by model (the ``top`` biggest models, the
+    rest as "other"), on a date axis so months of history stay readable. Other groupings
+    (model, status, provider) are horizontal bars. ``jobs`` charts a ``jobs_df()`` result (perhaps
+    filtered) instead of the whole store. Needs matplotlib (``pip install vydra-nb[plot]``).
+    """
+    if by not in _SUMMARY_BY:
+        raise ValueError(f"by={by!r}: choose one of {', '.join(_SUMMARY_BY)}.")
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4))
+    df = jobs if jobs is not None else jobs_df(since=since, history=history, usd_per_credit=usd_per_credit)
+    ax.set_ylabel("USD (net of refunds)" if by in ("day", "week") else "")
+    if df.empty:
+        ax.text(0.5, 0.5, "No jobs recorded yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"Spend by {by}")
+        return ax
+    if by in ("day", "week"):
+        key = _group_key(df, by, {})
+        # Matplotlib's date axis wants naive datetimes; the labels are UTC days.
+        frame = pd.DataFrame({"period": key.dt.tz_localize(None), "model": df["model"].fillna("unknown"), "usd": df["usd"].fillna(0.0)})
+        table = frame.pivot_table(index="period", columns="model", values="usd", aggfunc="sum", fill_value=0.0)
+        order = table.sum().sort_values(ascending=False).index
+        keep = list(order[:top])
+        if len(order) > top:
+            table["other"] = table[list(order[top:])].sum(axis=1)
+            keep.append("other")
+        width = 0.8 if by == "day" else 5.6
+        bottom = np.zeros(len(table))
+        x = table.index.to_pydatetime()
+        for name in keep:
+            values = table[name].to_numpy(dtype=float)
+            ax.bar(x, values, width=width, bottom=bottom, label=str(name), align="edge" if by == "week" else "center")
+            bottom += values
+        ax.legend(fontsize="small", loc="upper left")
+        ax.set_title(f"Spend per {by} (USD, UTC)")
+        ax.figure.autofmt_xdate()
+    else:
+        summary = spend_summary(by, jobs=df, models=models, client=client, usd_per_credit=usd_per_credit)
+        usd = summary["usd"].iloc[::-1]
+        ax.barh([str(i) for i in usd.index], usd.to_numpy(dtype=float))
+        ax.set_xlabel("USD (net of refunds)")
+        ax.set_title(f"Spend by {by}")
+    return ax
+
+
+# -- display ---------------------------------------------------------------------------------------
+def _fmt_time(value: Any) -> str:
+    return "" if value is None or value is pd.NaT or pd.isna(value) else pd.Timestamp(value).strftime("%Y-%m-%d %H:%M")
+
+
+def _fmt_text(limit: int) -> Any:
+    def fmt(value: Any) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return ""
+        text = str(value)
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    return fmt
+
+
+def styled(df: pd.DataFrame) -> Any:
+    """A notebook rendering of any frame from this module: credits as whole numbers, dollars as
+    ``$0.00``, rates as percentages, times as ``YYYY-MM-DD HH:MM`` and long text cut short.
+
+    The functions above return plain DataFrames so they stay usable for analysis; wrap the result
+    in ``styled()`` only for display (a Styler cannot be computed with).
+    """
+    formats: dict[str, Any] = {}
+    for col in df.columns:
+        name = str(col)
+        dtype = df[col].dtype
+        if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(dtype):
+            formats[col] = _fmt_time
+        elif name in ("usd", "usd_per_unit") or name.startswith("usd"):
+            formats[col] = "${:,.2f}"
+        elif name in ("failure_rate",) or name.endswith("_rate"):
+            formats[col] = "{:.0%}"
+        elif name.endswith("_s"):
+            formats[col] = "{:,.1f}"
+        elif "credits" in name or name in ("jobs", "count", "progress", "balance_after", "short_by"):
+            formats[col] = "{:,.0f}"
+        elif name in ("prompt", "description", "error_message", "params"):
+            formats[col] = _fmt_text(60)
+    styler = df.style.format(formats, na_rep="—")
+    if isinstance(df.index, pd.DatetimeIndex):
+        styler = styler.format_index(_fmt_time)
+    if "model" in df.columns and TOTAL_LABEL in set(df["model"].astype("str")):
+        total_rows = df.index[df["model"].astype("str") == TOTAL_LABEL]
+        styler = styler.set_properties(subset=pd.IndexSlice[total_rows, :], **{"font-weight": "bold"})
+    return styler

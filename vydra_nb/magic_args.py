@@ -1,0 +1,247 @@
+"""Parsing ``%%vydra`` lines into typed objects, with no network and no side effects.
+
+The flags of a cell come from the model's ``inputSchema``: ``aspect_ratio`` (or ``aspectRatio``)
+is ``--aspect-ratio``, values are converted to the schema's type, booleans get ``--x/--no-x`` and
+enums are checked. A comma-separated value for an enum, integer or number parameter asks for a
+sweep over those values. Parsing is kept apart from acting on it so it can be tested on its own,
+and every mistake is a ``UsageError`` with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from .models import Model, Parameter
+
+# Flags every cell understands, besides the model's own.
+GENERIC_FLAGS = {
+    "-o": "name of a variable to store the Job (or Sweep) in",
+    "--wait": "block until the job ends (Ctrl-C stops waiting, not the job)",
+    "--dry-run": "show the request and its cost; send nothing",
+    "--max-credits": "refuse to submit if it would cost more than N credits",
+    "--each-line": "treat every non-empty line of the cell as its own prompt (a sweep)",
+    "--yes": "do not ask before an expensive submission",
+    "--sandbox": "use the local sandbox (started on demand) instead of the real service",
+    "--timeout": "with --wait: stop waiting after S seconds",
+}
+
+
+@dataclass
+class CellCommand:
+    """A parsed ``%%vydra`` line plus its body."""
+
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    output_var: str | None = None
+    wait: bool = False
+    dry_run: bool = False
+    max_credits: int | None = None
+    each_line: bool = False
+    yes: bool = False
+    sandbox: bool = False
+    timeout: float | None = None
+    prompts: list[str] = field(default_factory=list)
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.grid) or len(self.prompts) > 1
+
+
+def split_line(line: str) -> list[str]:
+    try:
+        return shlex.split(line, posix=True)
+    except ValueError as exc:
+        raise UsageError(f"Could not read the %%vydra line ({exc}); check its quotes.") from None
+
+
+def model_slug(line: str) -> str:
+    """The first word of the line: the model. Flags before it are not allowed."""
+    tokens = split_line(line)
+    if not tokens or tokens[0].startswith("-"):
+        raise UsageError("Name a model first: %%vydra MODEL [flags]; see `%vydra models`.")
+    return tokens[0]
+
+
+def flag_names(param: Parameter) -> list[str]:
+    names = [param.flag]
+    if param.type == "boolean":
+        names.append("--no-" + param.flag[2:])
+    return names
+
+
+def _convert(param: Parameter, raw: str) -> Any:
+    """One value of ``param`` from its command-line text."""
+    kind = param.type
+    try:
+        if kind == "integer":
+            value: Any = int(raw)
+        elif kind == "number":
+            value = float(raw)
+        elif kind == "boolean":
+            low = raw.lower()
+            if low not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError
+            value = low in ("true", "yes", "1")
+        elif kind == "array":
+            value = [v.strip() for v in raw.split(",") if v.strip()]
+        else:
+            value = raw
+    except ValueError:
+        what = {"integer": "a whole number", "number": "a number", "boolean": "true or false"}.get(kind or "", kind)
+        raise UsageError(f"{param.flag} needs {what}, not {raw!r}.") from None
+    if param.enum is not None and value not in param.enum:
+        allowed = ", ".join(map(str, param.enum))
+        raise UsageError(f"{param.flag} must be one of {allowed} (got {raw!r}).")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if param.minimum is not None and value < param.minimum or param.maximum is not None and value > param.maximum:
+            raise UsageError(f"{param.flag} must be between {param.minimum} and {param.maximum} (got {raw}).")
+    return value
+
+
+def _sweepable(param: Parameter) -> bool:
+    return param.enum is not None or param.type in ("integer", "number")
+
+
+def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] | None = None) -> CellCommand:
+    """Parse ``%%vydra MODEL [flags]`` and its body for ``model``; interpolate ``{names}``."""
+    tokens = split_line(line)
+    cmd = CellCommand(model=model.slug)
+    params_by_flag: dict[str, tuple[Parameter, bool]] = {}
+    for p in model.parameters:
+        params_by_flag[p.flag] = (p, True)
+        if p.type == "boolean":
+            params_by_flag["--no-" + p.flag[2:]] = (p, False)
+    it = iter(tokens[1:])
+    for token in it:
+        flag, eq, inline = token.partition("=")
+
+        def value() -> str:
+            if eq:
+                return inline
+            nxt = next(it, None)
+            if nxt is None:
+                raise UsageError(f"{flag} needs a value.")
+            return nxt
+
+        if flag in ("-o", "--out"):
+            name = value()
+            if not name.isidentifier():
+                raise UsageError(f"-o needs a Python variable name, not {name!r}.")
+            cmd.output_var = name
+        elif flag == "--wait":
+            cmd.wait = True
+        elif flag == "--dry-run":
+            cmd.dry_run = True
+        elif flag == "--each-line":
+            cmd.each_line = True
+        elif flag in ("--yes", "-y"):
+            cmd.yes = True
+        elif flag == "--sandbox":
+            cmd.sandbox = True
+        elif flag in ("--max-credits", "--timeout"):
+            raw = value()
+            try:
+                number = float(raw)
+                if number < 0:
+                    raise ValueError
+            except ValueError:
+                raise UsageError(f"{flag} needs a non-negative number, not {raw!r}.") from None
+            if flag == "--max-credits":
+                cmd.max_credits = int(number)
+            else:
+                cmd.timeout = number
+        elif flag in params_by_flag:
+            param, positive = params_by_flag[flag]
+            if param.type == "boolean" and not eq:
+                cmd.params[param.name] = positive
+                continue
+            raw = value()
+            if "," in raw and _sweepable(param):
+                values = [_convert(param, part.strip()) for part in raw.split(",") if part.strip()]
+                if len(values) > 1:
+                    cmd.grid[param.name] = values
+                    cmd.params.pop(param.name, None)
+                    continue
+                raw = raw.strip(", ")
+            cmd.params[param.name] = _convert(param, raw)
+            cmd.grid.pop(param.name, None)
+        else:
+            raise UsageError(_unknown_flag(token, model))
+    prompt_field = model.prompt_field
+    text = interpolate(body, namespace or {}).strip()
+    if cmd.each_line:
+        cmd.prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    elif text:
+        cmd.prompts = [text]
+    if cmd.prompts and prompt_field is None:
+        raise UsageError(f"{model.slug} takes no text prompt; leave the cell body empty and use flags (`%vydra help {model.slug}`).")
+    if cmd.prompts and prompt_field in cmd.params:
+        raise UsageError(f"The prompt is given twice: in the cell body and as {flag_of(model, prompt_field)}.")
+    return cmd
+
+
+def flag_of(model: Model, name: str) -> str:
+    param = model.parameter(name)
+    return param.flag if param else name
+
+
+def _unknown_flag(token: str, model: Model) -> str:
+    known = [f for p in model.parameters for f in flag_names(p)] + list(GENERIC_FLAGS)
+    close = difflib.get_close_matches(token.split("=")[0], known, n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    if not token.startswith("-"):
+        return f"Unexpected {token!r}: the prompt goes in the cell body, flags look like --name value.{hint}"
+    return f"{model.slug} has no flag {token.split('=')[0]}.{hint} See `%vydra help {model.slug}`."
+
+
+def interpolate(body: str, namespace: Mapping[str, Any]) -> str:
+    """Fill ``{name}`` placeholders from the user's namespace; ``{{`` and ``}}`` are literal braces.
+
+    Only names (with optional attribute, index and format spec) are allowed, and every unknown
+    name is reported at once, before anything is sent.
+    """
+    formatter = string.Formatter()
+    try:
+        fields = [f for _, f, _, _ in formatter.parse(body) if f is not None]
+    except ValueError as exc:
+        raise UsageError(f"The prompt has a stray brace ({exc}); write {{{{ or }}}} for a literal brace.") from None
+    missing = []
+    for name in fields:
+        root = name.split(".")[0].split("[")[0]
+        if not root or root.isdigit():
+            raise UsageError("Placeholders in a prompt need a variable name, like {subject}; write {{ for a brace.")
+        if root not in namespace:
+            missing.append(root)
+    if missing:
+        names = ", ".join(dict.fromkeys(missing))
+        raise UsageError(f"The prompt uses undefined variable(s): {names}. Define them, or write {{{{ for a literal brace.")
+    try:
+        return formatter.vformat(body, (), namespace)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"Could not fill the prompt's placeholders: {type(exc).__name__}: {exc}") from None
+
+
+def request_bodies(cmd: CellCommand, model: Model) -> list[dict[str, Any]]:
+    """Every request body the command asks for (one, or the sweep's combinations)."""
+    import itertools
+
+    prompt_field = model.prompt_field
+    prompts: list[str | None] = list(cmd.prompts) or [None]
+    names = list(cmd.grid)
+    bodies = []
+    for prompt in prompts:
+        for combo in itertools.product(*(cmd.grid[n] for n in names)):
+            body = dict(cmd.params)
+            body.update(zip(names, combo))
+            if prompt is not None and prompt_field:
+                body[prompt_field] = prompt
+            bodies.append(body)
+    return bodies

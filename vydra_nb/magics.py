@@ -1,0 +1,549 @@
+"""``%%vydra`` and ``%vydra``: generating media from a notebook cell.
+
+Loading the extension must be fast, so this module imports neither requests, pandas, ipywidgets
+nor any media library at import time; each command imports what it needs when it runs. User
+mistakes (a bad flag, an unknown model, a 402) become one-line ``UsageError``s; bugs still raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import StdinNotImplementedError, UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from traitlets import Bool, Float, Int, Unicode
+
+from .config import USD_PER_CREDIT
+from .errors import VydraError
+from .magic_args import GENERIC_FLAGS, flag_names, model_slug, parse_cell, request_bodies, split_line
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .jobs import Job
+    from .models import Model
+
+log = logging.getLogger("vydra_nb")
+
+COMMANDS = {
+    "models": "[--provider P] [--all]   models and prices",
+    "credits": "                         balance and plan",
+    "jobs": "[--status S] [--limit N] [--sync] [--resume]   recent jobs from the history",
+    "generate": "MODEL [flags]            submit without a prompt (e.g. video utilities)",
+    "job": "ID                        show (and track) a job",
+    "cancel": "ID                        cancel a job; credits are refunded",
+    "login": "                          enter an API key (kept in memory only)",
+    "logout": "                         forget the key",
+    "sandbox": "[--credits N] [--speed X] [--stop]   use a local sandbox server",
+    "studio": "                         the prompt-iteration widget",
+    "help": "[MODEL]                   commands, or a model's parameters and price",
+}
+
+
+def _dollars(credits: int | None) -> str:
+    return "?" if credits is None else f"${credits * USD_PER_CREDIT:,.2f}"
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn VydraError (a user-facing failure) into a one-line UsageError without a traceback."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except VydraError as exc:
+            raise UsageError(str(exc)) from None
+
+    return wrapper
+
+
+@magics_class
+class VydraMagics(Magics):
+    """The ``%vydra`` magics. Settings: ``%config VydraMagics.<name> = value``."""
+
+    confirm_above = Int(
+        1000, help="Ask before submitting anything that costs more than this many credits (0: never ask)."
+    ).tag(config=True)
+    low_credit_threshold = Int(500, help="Warn when the balance falls below this many credits.").tag(config=True)
+    default_wait = Bool(False, help="Make every %%vydra cell wait for its job, as if --wait were given.").tag(config=True)
+    download_dir = Unicode("", help="Folder for downloaded results (empty: VYDRA_NB_HOME/downloads).").tag(config=True)
+    auto_download = Bool(True, help="Download completed results, since provider URLs expire in about a day.").tag(config=True)
+    resume_on_load = Bool(True, help="On %load_ext, resume tracking jobs that had not ended.").tag(config=True)
+    sandbox_speed = Float(10.0, help="Speed of a sandbox started by --sandbox or %vydra sandbox.").tag(config=True)
+    sandbox_credits = Int(10_000, help="Starting credits of a sandbox started on demand.").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        self._client: Client | None = None
+        self._sandbox: Any = None
+        self._login_key: Any = None  # a transport.Secret; never a plain str attribute
+
+    # -- session ----------------------------------------------------------------------------
+    @property
+    def client(self) -> Client:
+        """The session's client: the sandbox's, or one from `%vydra login` / VYDRA_API_KEY."""
+        if self._client is None:
+            from .client import Client, set_default_client
+
+            from . import history  # noqa: F401  (registers the history recorder)
+
+            key = self._login_key.reveal() if self._login_key else None
+            self._client = self._configure(Client(api_key=key, credit_warning_threshold=self.low_credit_threshold))
+            set_default_client(self._client)
+        return self._client
+
+    def _configure(self, client: Client) -> Client:
+        if self.download_dir:
+            client._download_dir = __import__("pathlib").Path(self.download_dir).expanduser()
+        from .poller import get_tracker
+
+        get_tracker().auto_download = self.auto_download
+        return client
+
+    def use_sandbox(self, *, credits: int | None = None, speed: float | None = None) -> Any:
+        """Start (or reuse) an in-process sandbox and make it this session's backend."""
+        from . import history  # noqa: F401
+        from . import sandbox
+        from .client import Client, set_default_client
+
+        wanted_speed = speed or self.sandbox_speed
+        wanted_credits = credits or self.sandbox_credits
+        box = self._sandbox
+        if box is None or speed is not None or credits is not None:
+            if box is not None:
+                box.stop()
+            box = sandbox.start(credits=wanted_credits, speed=wanted_speed)
+            self._sandbox = box
+        self._client = self._configure(
+            Client(api_key=box.api_key, base_url=box.url, time_scale=1 / box.speed,
+                   credit_warning_threshold=self.low_credit_threshold)
+        )
+        set_default_client(self._client)
+        return box
+
+    def _backend_label(self) -> str:
+        return "SANDBOX" if self._client is not None and self._client.is_sandbox else "vydra.ai"
+
+    # -- %%vydra ----------------------------------------------------------------------------
+    @no_var_expand
+    @cell_magic("vydra")
+    @user_errors
+    def vydra_cell(self, line: str, cell: str) -> Any:
+        """%%vydra MODEL [--param VALUE ...] [-o NAME] [--wait] [--dry-run] [--max-credits N]
+
+        The cell body is the prompt; {names} are filled from your variables ({{ for a brace).
+        """
+        slug = model_slug(line)
+        if "--sandbox" in split_line(line) and (self._client is None or not self._client.is_sandbox):
+            self.use_sandbox()
+        model = self.client.model(slug)
+        cmd = parse_cell(line, cell, model, self.shell.user_ns if self.shell else {})
+        bodies = request_bodies(cmd, model)
+        client = self.client
+        for body in bodies:  # every combination is checked before any is sent
+            client.prepare(model, body)
+        prices = [model.price(b) for b in bodies]
+        total = None if any(p is None for p in prices) else sum(p for p in prices if p is not None)
+        if cmd.dry_run:
+            return self._dry_run(model, bodies, total)
+        if cmd.max_credits is not None:
+            if total is None:
+                raise UsageError(f"The price of {slug} is not known, so --max-credits {cmd.max_credits} cannot be checked.")
+            if total > cmd.max_credits:
+                raise UsageError(
+                    f"This costs {total} credits ({_dollars(total)}), above --max-credits {cmd.max_credits}; nothing was sent."
+                )
+        if total is not None and not cmd.yes:
+            self._confirm(total, len(bodies))
+        if cmd.is_sweep:
+            return self._sweep(cmd, model, bodies)
+        job = client.generate(model, bodies[0])
+        if cmd.output_var:
+            self.shell.user_ns[cmd.output_var] = job
+        if cmd.wait or self.default_wait:
+            self._show(job)
+            finished = self._wait(job, cmd.timeout)
+            if finished:
+                # The live view has done its work: replace it with the final result, which the
+                # returned Job displays. Every front end (nbval and nbconvert too) then holds the
+                # finished player, without relying on display updates they may not apply.
+                from IPython.display import clear_output
+
+                clear_output()
+            else:
+                job.extra["_shown"] = True
+        return job
+
+    def _dry_run(self, model: Model, bodies: list[dict[str, Any]], total: int | None) -> None:
+        import json
+
+        label = " · SANDBOX" if self.client.is_sandbox else ""
+        for body in bodies:
+            print(f"POST {self.client.base_url}/models/{model.slug}{label}")
+            print(json.dumps(body, indent=2, ensure_ascii=False))
+        each = model.price(bodies[0]) if bodies else None
+        unit = f" per {model.pricing_unit}" if model.pricing_unit else ""
+        count = f"{len(bodies)} requests, " if len(bodies) > 1 else ""
+        print(f"Cost: {count}{total if total is not None else '?'} credits ({_dollars(total)}); "
+              f"{each} credits{unit} each. Nothing was sent (--dry-run).")
+
+    def _confirm(self, total: int, count: int) -> None:
+        if not self.confirm_above or total <= self.confirm_above:
+            return
+        question = (f"This submits {count} job(s) for {total} credits ({_dollars(total)}), above "
+                    f"VydraMagics.confirm_above={self.confirm_above}. Submit? [y/N] ")
+        try:
+            answer = input(question)
+        except (StdinNotImplementedError, EOFError, RuntimeError, OSError):
+            raise UsageError(
+                f"This costs {total} credits ({_dollars(total)}), above VydraMagics.confirm_above="
+                f"{self.confirm_above}; add --yes to submit without asking."
+            ) from None
+        if answer.strip().lower() not in ("y", "yes"):
+            raise UsageError("Not submitted.")
+
+    def _sweep(self, cmd: Any, model: Model, bodies: list[dict[str, Any]]) -> Any:
+        from .sweeps import sweep
+
+        grid = {**{k: [v] for k, v in cmd.params.items()}, **cmd.grid}
+        # Cost was shown and confirmed above; the sweep prints it again with its grid of views.
+        result = sweep(model, cmd.prompts or None, parameters=grid, client=self.client,
+                       confirm_above=None, max_credits=cmd.max_credits)
+        if cmd.output_var:
+            self.shell.user_ns[cmd.output_var] = result
+        if cmd.wait or self.default_wait:
+            result.wait()
+        return result
+
+    def _show(self, job: Job) -> None:
+        """The live view while ``--wait`` blocks; cleared and replaced by the result at the end."""
+        try:
+            from .widgets.job_view import show_job, widgets_available
+        except ImportError:  # pragma: no cover
+            return
+        show_job(job, transient=widgets_available())
+
+    def _wait(self, job: Job, timeout: float | None) -> bool:
+        """Wait for the job (and save its result); False when the user or the timeout stopped it."""
+        from .errors import JobTimeoutError
+
+        try:
+            job.wait(timeout=timeout, raise_on_failure=False)
+        except KeyboardInterrupt:
+            print(f"Stopped waiting; job {job.id} goes on. Cancel it with `%vydra cancel {job.id}`.", file=sys.stderr)
+            return False
+        except JobTimeoutError as exc:
+            print(str(exc), file=sys.stderr)
+            return False
+        if self.auto_download and job.status == "completed" and job.local_path is None:
+            # Within the cell, so the final output already points at the saved file.
+            try:
+                job.download()
+            except VydraError as exc:
+                print(f"Could not save the result: {exc}", file=sys.stderr)
+        return True
+
+    # -- %vydra -----------------------------------------------------------------------------
+    @no_var_expand
+    @line_magic("vydra")
+    @user_errors
+    def vydra_line(self, line: str) -> Any:
+        """%vydra models | credits | jobs | job ID | cancel ID | login | logout | sandbox | studio | help"""
+        tokens = split_line(line)
+        if not tokens:
+            return self._help([])
+        command, args = tokens[0], tokens[1:]
+        handler = getattr(self, f"_cmd_{command}", None)
+        if handler is None:
+            import difflib
+
+            close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+            hint = f" Did you mean `%vydra {close[0]}`?" if close else ""
+            raise UsageError(f"Unknown command {command!r}.{hint} Try `%vydra help`.")
+        return handler(args)
+
+    def _cmd_generate(self, args: list[str]) -> Any:
+        """``%vydra generate MODEL [flags]``: a cell with no body, for models that take no prompt."""
+        if not args:
+            raise UsageError("Usage: %vydra generate MODEL [flags]")
+        return self.vydra_cell(shlex.join(args), "")
+
+    def _cmd_help(self, args: list[str]) -> None:
+        return self._help(args)
+
+    def _help(self, args: list[str]) -> None:
+        if not args:
+            print("%%vydra MODEL [flags]   (the cell body is the prompt)")
+            for flag, text in GENERIC_FLAGS.items():
+                print(f"    {flag:<16}{text}")
+            print("%vydra COMMAND")
+            for name, text in COMMANDS.items():
+                print(f"    {name:<9}{text}")
+            print("Model flags come from each model's schema: `%vydra help MODEL`.")
+            return
+        model = self.client.model(args[0])
+        price = ", ".join(f"{c} credits" + (f" ({label})" if label else "") for label, c in model.price_variants())
+        state = "" if model.is_active else "  [inactive]"
+        print(f"{model.slug} — {model.name or ''}{state}\n  {model.description or ''}")
+        print(f"  provider {model.provider}; price: {price} per {model.pricing_unit or 'request'}")
+        if model.prompt_field:
+            print(f"  the cell body fills `{model.prompt_field}`")
+        for p in model.parameters:
+            bits = [p.type or "any"]
+            if p.enum:
+                bits.append("one of " + ", ".join(map(str, p.enum)))
+            if p.minimum is not None or p.maximum is not None:
+                bits.append(f"{p.minimum}..{p.maximum}")
+            if p.default is not None:
+                bits.append(f"default {p.default}")
+            if p.required:
+                bits.append("required")
+            flags = "/".join(flag_names(p))
+            print(f"    {flags:<28}{'; '.join(bits)}" + (f" — {p.description}" if p.description else ""))
+
+    def _opts(self, args: list[str], spec: dict[str, type]) -> dict[str, Any]:
+        """Tiny option parser: ``--name value`` for typed options, ``--flag`` for booleans."""
+        out: dict[str, Any] = {}
+        it = iter(args)
+        for token in it:
+            name, eq, inline = token.partition("=")
+            if name not in spec:
+                raise UsageError(f"Unknown option {token!r}; options: {', '.join(spec)}.")
+            kind = spec[name]
+            key = name.lstrip("-").replace("-", "_")
+            if kind is bool:
+                out[key] = True
+                continue
+            raw = inline if eq else next(it, None)
+            if raw is None:
+                raise UsageError(f"{name} needs a value.")
+            try:
+                out[key] = kind(raw)
+            except ValueError:
+                raise UsageError(f"{name} needs {kind.__name__}, not {raw!r}.") from None
+        return out
+
+    def _cmd_models(self, args: list[str]) -> Any:
+        from .frames import models_df
+
+        opts = self._opts(args, {"--provider": str, "--all": bool})
+        return models_df(provider=opts.get("provider"), active_only=not opts.get("all"), client=self.client)
+
+    def _cmd_credits(self, args: list[str]) -> None:
+        import warnings
+
+        self._opts(args, {})
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            org = self.client.organization()
+        remaining = org.credits_remaining
+        print(f"{remaining:,} credits remaining ({_dollars(remaining)}) · plan {org.plan} · {self._backend_label()}"
+              if remaining is not None else f"Balance unknown · plan {org.plan}")
+        if remaining is not None and remaining < self.low_credit_threshold:
+            print(f"Warning: below {self.low_credit_threshold} credits; top up before long jobs.", file=sys.stderr)
+
+    def _cmd_jobs(self, args: list[str]) -> Any:
+        opts = self._opts(args, {"--status": str, "--limit": int, "--sync": bool, "--resume": bool, "--model": str})
+        if opts.get("sync"):
+            self._sync()
+        if opts.get("resume"):
+            count = self.resume()
+            print(f"Resumed tracking {count} unfinished job(s).")
+        from .frames import jobs_df
+
+        df = jobs_df(model=opts.get("model"), status=opts.get("status"))
+        return df.head(opts.get("limit", 20))
+
+    def _sync(self) -> None:
+        from .errors import NotFoundError
+        from .history import get_history
+
+        try:
+            jobs = self.client.list_jobs(limit=100)
+        except NotFoundError:
+            print("This server has no job listing (GET /jobs answered 404): the history holds the jobs "
+                  "submitted from vydra-nb only.")
+            return
+        get_history().record_many(jobs)
+        print(f"Synced {len(jobs)} job(s) from the server into the history.")
+
+    def resume(self) -> int:
+        """Track again every unfinished job of this backend recorded in the history."""
+        from urllib.parse import urlsplit
+
+        from .history import get_history, job_from_row
+        from .poller import get_tracker
+
+        client = self.client
+        host = urlsplit(client.base_url).hostname
+        count = 0
+        for row in get_history().unfinished():
+            if row.get("host") != host:
+                continue
+            get_tracker().track(job_from_row(row, client), poll_now=True)
+            count += 1
+        return count
+
+    def _cmd_job(self, args: list[str]) -> Any:
+        if len(args) != 1:
+            raise UsageError("Usage: %vydra job ID")
+        from .history import get_history, job_from_row
+
+        row = get_history().get(args[0])
+        if row is not None and row.get("status") in ("completed", "failed", "cancelled"):
+            return job_from_row(row, self.client)
+        job = self.client.job(args[0])
+        if row is not None:
+            job.params = row.get("params") or {}
+        return job
+
+    def _cmd_cancel(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise UsageError("Usage: %vydra cancel ID")
+        from .poller import get_tracker
+
+        live = next((j for j in get_tracker().live if j.id == args[0]), None)
+        result = self.client.cancel(args[0], job=live)  # updates the live view and the history
+        print(str(result))
+
+    def _cmd_login(self, args: list[str]) -> None:
+        import getpass
+
+        from .transport import Secret
+
+        key = getpass.getpass("Vydra API key (kept in memory only): ").strip()
+        if not key:
+            raise UsageError("No key entered; nothing changed.")
+        self._login_key = Secret(key)
+        self._client = None
+        org = self.client.organization()
+        print(f"Logged in to {self.client.base_url} · {org.name} · plan {org.plan} · "
+              f"{org.credits_remaining:,} credits" if org.credits_remaining is not None else "Logged in.")
+
+    def _cmd_logout(self, args: list[str]) -> None:
+        from .client import set_default_client
+
+        self._login_key = None
+        self._client = None
+        set_default_client(None)
+        print("Forgot the API key for this session.")
+
+    def _cmd_sandbox(self, args: list[str]) -> None:
+        opts = self._opts(args, {"--credits": int, "--speed": float, "--stop": bool})
+        if opts.get("stop"):
+            from .client import set_default_client
+
+            if self._sandbox is not None:
+                self._sandbox.stop()
+            self._sandbox = None
+            self._client = None
+            set_default_client(None)
+            print("Sandbox stopped; the session uses the real service again.")
+            return
+        box = self.use_sandbox(credits=opts.get("credits"), speed=opts.get("speed"))
+        print(f"SANDBOX at {box.url} · {box.state()['balance']:,} fake credits · speed ×{box.speed:g}. "
+              "Nothing here costs money.")
+
+    def _cmd_studio(self, args: list[str]) -> Any:
+        from .widgets.studio import studio
+
+        return studio(self.client)
+
+    # -- completion -------------------------------------------------------------------------
+    def completions(self, line: str) -> list[str]:
+        """What may come next on a ``%%vydra``/``%vydra`` line (for the tab completer)."""
+        tokens = shlex.split(line) if line.count('"') % 2 == 0 and line.count("'") % 2 == 0 else line.split()
+        if line.endswith(" "):
+            tokens.append("")
+        if not tokens:
+            return []
+        magic, rest = tokens[0], tokens[1:]
+        prefix = rest[-1] if rest else ""
+        if magic == "%vydra":
+            if len(rest) <= 1:
+                return [c for c in COMMANDS if c.startswith(prefix)]
+            if rest[0] == "help" and len(rest) == 2:
+                return self._slugs(prefix)
+            return []
+        if magic != "%%vydra":
+            return []
+        if len(rest) <= 1:
+            return self._slugs(prefix)
+        try:
+            model = self.client.model(rest[0])
+        except VydraError:
+            return []
+        previous = rest[-2] if len(rest) >= 2 else ""
+        for p in model.parameters:
+            if previous == p.flag and p.enum is not None and p.type != "boolean":
+                return [str(v) for v in p.enum if str(v).startswith(prefix)]
+        flags = [f for p in model.parameters for f in flag_names(p)] + list(GENERIC_FLAGS)
+        return [f for f in flags if f.startswith(prefix)] if prefix.startswith("-") or not prefix else []
+
+    def _slugs(self, prefix: str) -> list[str]:
+        try:
+            return [m.slug for m in self.client.models() if m.slug.startswith(prefix) and m.is_active]
+        except VydraError:
+            return []
+
+
+def _make_matcher(magics: VydraMagics) -> Callable[..., Any]:
+    from IPython.core.completer import SimpleCompletion, context_matcher
+
+    @context_matcher()
+    def vydra_matcher(context: Any) -> dict[str, Any]:
+        line = context.line_with_cursor
+        if not line.lstrip().startswith(("%%vydra", "%vydra")):
+            return {"completions": [], "suppress": False}
+        words = magics.completions(line.lstrip())
+        return {"completions": [SimpleCompletion(text=w, type="vydra") for w in words], "suppress": bool(words)}
+
+    return vydra_matcher
+
+
+def _display_job(job: Job) -> None:
+    """How a Job shows itself in a cell: the live view, unless this cell already showed it."""
+    if job.extra.pop("_shown", False):
+        return
+    try:
+        from .widgets import show_job
+    except ImportError:  # pragma: no cover - the widgets module ships with the package
+        print(job.summary())
+        return
+    show_job(job)
+
+
+def load(shell: Any) -> VydraMagics:
+    """Register the magics, the completer, and how Job objects display; resume unfinished jobs."""
+    magics = VydraMagics(shell)
+    shell.register_magics(magics)
+    formatter = shell.display_formatter.ipython_display_formatter
+    formatter.for_type_by_name("vydra_nb.jobs", "Job", _display_job)
+    try:
+        shell.Completer.custom_matchers.append(_make_matcher(magics))
+    except AttributeError:  # pragma: no cover - a shell without a completer
+        pass
+    if magics.resume_on_load:
+        threading.Thread(target=_resume_quietly, args=(magics,), name="vydra-resume", daemon=True).start()
+    return magics
+
+
+def _resume_quietly(magics: VydraMagics) -> None:
+    """Resume in the background so %load_ext stays fast; only when a key is configured."""
+    import os
+
+    from .config import ENV_API_KEY, data_home
+
+    if not os.environ.get(ENV_API_KEY) or not (data_home() / "history.sqlite3").exists():
+        return
+    try:
+        count = magics.resume()
+        if count:
+            log.info("resumed tracking %d unfinished job(s)", count)
+    except Exception:  # resuming is a convenience; it must never break loading
+        log.exception("could not resume unfinished jobs")
