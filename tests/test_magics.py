@@ -278,3 +278,18 @@ def test_cell_sweep_submits_every_combination(ip: InteractiveShell, capsys: pyte
         ("a pear", "1:1"), ("a pear", "16:9"), ("a plum", "1:1"), ("a plum", "16:9")}
     assert "32 credits" in capsys.readouterr().out, "the total is shown before submitting"
     assert balance(ip) == 5000 - 32
+
+
+def test_jobs_sync_merges_server_jobs_or_says_why_not(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("vydra", "jobs --sync")
+    assert "no job listing (GET /jobs answered 404)" in capsys.readouterr().out
+    from .conftest import make_client
+
+    with vydra_nb.sandbox.start(credits=1000, speed=100, flavor="live") as live:
+        other = make_client(live, record_history=False)  # a job submitted elsewhere (say, the dashboard)
+        outside = other.generate("elevenlabs-tts", text="made elsewhere")
+        m = magics_of(ip)
+        m._client = make_client(live)
+        jobs = ip.run_line_magic("vydra", "jobs --sync --limit 50")
+        assert "Synced" in capsys.readouterr().out
+        assert outside.id in set(jobs["id"])
