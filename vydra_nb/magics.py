@@ -187,10 +187,13 @@ class VydraMagics(Magics):
             print(f"POST {self.client.base_url}/models/{model.slug}{label}")
             print(json.dumps(body, indent=2, ensure_ascii=False))
         each = model.price(bodies[0]) if bodies else None
-        unit = f" per {model.pricing_unit}" if model.pricing_unit else ""
-        count = f"{len(bodies)} requests, " if len(bodies) > 1 else ""
-        print(f"Cost: {count}{total if total is not None else '?'} credits ({_dollars(total)}); "
-              f"{each} credits{unit} each. Nothing was sent (--dry-run).")
+        unit = f"per {model.pricing_unit}" if model.pricing_unit else "each"
+        shown = total if total is not None else "?"
+        if len(bodies) > 1:
+            cost = f"{len(bodies)} requests, {shown} credits ({_dollars(total)}) in all"
+        else:
+            cost = f"{shown} credits ({_dollars(total)}) {unit}"
+        print(f"Cost: {cost}. Nothing was sent (--dry-run).")
 
     def _confirm(self, total: int, count: int) -> None:
         if not self.confirm_above or total <= self.confirm_above:
