@@ -47,11 +47,16 @@ _KIND_BY_EXT = {ext: mime.split("/")[0] for ext, mime in _MIME.items()}
 STYLE = (
     "<style>.vydra-job{font-family:var(--jp-ui-font-family,sans-serif);font-size:13px;margin:4px 0}"
     ".vydra-badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:11px;font-weight:600;"
-    "color:#fff;background:#777;margin-right:6px}.vydra-sandbox{background:#b8860b}"
-    ".vydra-status-completed{background:#2e7d32}.vydra-status-failed{background:#c62828}"
-    ".vydra-status-cancelled{background:#6d4c41}.vydra-status-running{background:#1565c0}"
-    ".vydra-status-pending{background:#607d8b}.vydra-player video,.vydra-player img{max-width:100%;"
-    "max-height:480px}.vydra-meta{color:#666;font-size:12px}.vydra-error{color:#c62828}</style>"
+    "color:#fff;background:#777;margin-right:6px}"
+    # Scoped to the badge: the outer block carries the status class too and must keep its background.
+    ".vydra-badge.vydra-sandbox{background:#b8860b}"
+    ".vydra-badge.vydra-status-completed{background:#2e7d32}"
+    ".vydra-badge.vydra-status-failed{background:#c62828}"
+    ".vydra-badge.vydra-status-cancelled{background:#6d4c41}"
+    ".vydra-badge.vydra-status-running{background:#1565c0}"
+    ".vydra-badge.vydra-status-pending{background:#607d8b}"
+    ".vydra-player video,.vydra-player img{max-width:100%;max-height:480px}"
+    ".vydra-meta{color:#666;font-size:12px}.vydra-error{color:#c62828}</style>"
 )
 
 

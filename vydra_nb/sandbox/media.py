@@ -142,9 +142,15 @@ def _atomic(dst):
 # --------------------------------------------------------------------------- text drawing
 
 
+# Pillow's built-in font has no glyphs for typographic punctuation; model names use it.
+_PLAIN_PUNCTUATION = str.maketrans({"\u2013": "-", "\u2014": "-", "\u2018": "'", "\u2019": "'",
+                                    "\u201c": '"', "\u201d": '"', "\u2026": "..."})
+
+
 def _clean(text, limit=4000):
     """Make any string safe to rasterise: no lone surrogates, no control characters."""
     text = text[:limit].encode("utf-8", "replace").decode("utf-8", "replace")
+    text = text.translate(_PLAIN_PUNCTUATION)
     out = []
     for ch in text:
         cat = unicodedata.category(ch)
