@@ -95,6 +95,41 @@ def test_retrying_is_shown(shared_client: Any) -> None:
     assert "retrying" in view.info.value
     job.apply({"status": "running", "progress": 10})
     assert "retrying" not in view.info.value
+    view.close()
+
+
+def test_stopped_tracking_is_not_called_retrying() -> None:
+    job = Job(id="job_s", model="veo3", status="running")
+    view = JobView(job, min_interval=0)
+    job.mark_poll_error("stopped tracking: HTTP 404: Job not found")
+    assert "stopped tracking: HTTP 404" in view.info.value and "retrying" not in view.info.value
+    view.close()
+
+
+def test_elapsed_time_advances_between_polls_and_the_clock_stops_when_idle() -> None:
+    from vydra_nb.widgets.job_view import CLOCK
+
+    job = Job(id="job_c", model="veo3", status="running", credits_charged=175)
+    view = JobView(job)
+    first, renders = view.info.value, view.renders
+    assert "elapsed 0s" in first and CLOCK.running
+    seen = set()
+    deadline = time.monotonic() + 4.0  # no poll, no change of the job: only the clock moves the view
+    while time.monotonic() < deadline and "elapsed 3s" not in view.info.value:
+        seen.add(view.info.value)
+        time.sleep(0.05)
+    assert "elapsed 3s" in view.info.value, view.info.value
+    assert any("elapsed 1s" in v for v in seen) and any("elapsed 2s" in v for v in seen), seen
+    assert view.renders == renders and "175 credits" in view.info.value
+    job.apply({"status": "completed", "output": {"videoUrl": "https://x.example/v.mp4"}})
+    for _ in range(40):
+        if not CLOCK.running:
+            break
+        time.sleep(0.05)
+    assert not CLOCK.running, "the clock thread must exit when no view is live"
+    ended = view.info.value
+    time.sleep(1.2)
+    assert view.info.value == ended  # frozen once the job has ended
 
 
 def test_updates_are_throttled_but_final_state_always_rendered() -> None:
@@ -123,6 +158,7 @@ def test_real_rate_is_at_most_four_per_second() -> None:
         time.sleep(0.005)
     time.sleep(0.3)
     assert 2 <= view.renders - base <= 6
+    view.close()
 
 
 def test_mimebundle_carries_widget_and_fallback(shared_client: Any) -> None:

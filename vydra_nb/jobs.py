@@ -251,7 +251,8 @@ class Job:
             if progress is not None:
                 self.progress = max(0, min(100, progress))
                 now = time.monotonic()
-                if self._first_progress is None:
+                # Anchor the rate at the first progress above 0: a job may sit at 0 while queued.
+                if self._first_progress is None and self.progress > 0:
                     self._first_progress = (now, float(self.progress))
                 self._last_progress = (now, float(self.progress))
             output = data.get("output")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,53 @@ from ..poller import Tracker, get_tracker
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 MIN_INTERVAL = 0.25  # at most 4 renders a second; the final state is always rendered at once
+TICK = 1.0  # elapsed time and ETA advance once a second between polls...
+TICK_MESSAGES_PER_SECOND = 10.0  # ...but all views together send at most about this many ticks a second
+
+
+class _Clock:
+    """Moves every live view's elapsed time and ETA along between polls, which may be 20 s apart.
+
+    One daemon thread for all views, started by the first live view and gone when none is left,
+    so an idle kernel runs nothing. It only sets one HTML value per view, and only when its text
+    changed; with many views it ticks less often so the front end is not flooded.
+    """
+
+    def __init__(self) -> None:
+        self._views: weakref.WeakSet[JobView] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, view: "JobView") -> None:
+        with self._lock:
+            self._views.add(view)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="vydra-clock", daemon=True)
+                self._thread.start()
+
+    def discard(self, view: "JobView") -> None:
+        with self._lock:
+            self._views.discard(view)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                live = [v for v in self._views if not v.job.done]
+                if not live:
+                    self._views.clear()
+                    self._thread = None
+                    return
+            for view in live:
+                view._tick()
+            time.sleep(max(TICK, len(live) / TICK_MESSAGES_PER_SECOND))
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+
+CLOCK = _Clock()
 
 
 class JobView(W.VBox):
@@ -75,6 +123,8 @@ class JobView(W.VBox):
         self.add_class("vydra-job-view")
         self._render()
         self._unsubscribe = job.subscribe(self._on_change)
+        if not job.done:
+            CLOCK.add(self)
 
     # -- updates (tracker thread) -----------------------------------------------------------
     def _on_change(self, job: Job) -> None:
@@ -118,17 +168,7 @@ class JobView(W.VBox):
                 self.bar.bar_style = "danger"
             elif job.status == CANCELLED:
                 self.bar.bar_style = "warning"
-            info = [f"elapsed {D.format_seconds(D.elapsed(job))}"]
-            eta = job.eta()
-            if not job.done and eta is not None and eta > 0:
-                info.append(f"ETA {D.format_seconds(eta)}")
-            if job.credits_charged is not None:
-                info.append(f"{job.credits_charged} credits")
-            if job.poll_error and not job.done:
-                info.append("retrying")
-            if self.cancel_error:
-                info.append(f"cancel failed: {D.shorten(self.cancel_error, 80)}")
-            self.info.value = f'<span class="vydra-meta">{D.esc(" · ".join(info))}</span>'
+            self.info.value = self._info_html()
             if job.done:
                 self.cancel_button.disabled = True
                 # The widget shows the URL; base64 over the comm channel would be heavy.
@@ -136,6 +176,31 @@ class JobView(W.VBox):
                 if self.result not in self.children:
                     self.children = [self.header, self.progress_row, self.result]
                 self._final_rendered = True
+
+    def _info_html(self) -> str:
+        job = self.job
+        info = [f"elapsed {D.format_seconds(D.elapsed(job))}"]
+        eta = job.eta()
+        if not job.done and eta is not None and eta > 0:
+            info.append(f"ETA {D.format_seconds(eta)}")
+        if job.credits_charged is not None:
+            info.append(f"{job.credits_charged} credits")
+        if job.poll_error and not job.done:
+            # The tracker gives up only on 401/403/404, and says so: then retrying would be a lie.
+            stopped = job.poll_error.startswith("stopped tracking")
+            info.append(D.shorten(job.poll_error, 80) if stopped else "retrying")
+        if self.cancel_error:
+            info.append(f"cancel failed: {D.shorten(self.cancel_error, 80)}")
+        return f'<span class="vydra-meta">{D.esc(" · ".join(info))}</span>'
+
+    def _tick(self) -> None:
+        """The clock thread: refresh the elapsed/ETA line alone, when its text changed."""
+        with self._vlock:
+            if self.job.done:
+                return
+            value = self._info_html()
+            if value != self.info.value:
+                self.info.value = value
 
     # -- cancel -----------------------------------------------------------------------------
     def _on_cancel_click(self, _button: Any = None) -> None:
@@ -171,6 +236,7 @@ class JobView(W.VBox):
             unsubscribe()
             with self._vlock:
                 self._cancel_timer()
+        CLOCK.discard(self)
         super().close()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
