@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,8 +14,10 @@ import pandas as pd
 import pytest
 
 from vydra_nb import JobCancelledError, JobFailedError, NotFoundError, frames
-from vydra_nb.history import _UPSERT, COLUMNS, History
+from vydra_nb.history import _UPSERT, History
 from vydra_nb.models import Model
+
+from .synthetic import synthetic_rows
 
 matplotlib.use("Agg")
 
@@ -283,35 +284,6 @@ def test_since_forms() -> None:
 
 
 # -- performance -------------------------------------------------------------------------------
-def synthetic_rows(n: int, seed: int = 1) -> list[tuple[Any, ...]]:
-    """``n`` plausible stored jobs over the last 90 days, as rows in ``history.COLUMNS`` order."""
-    rng = random.Random(seed)
-    models = [("veo3", 175), ("grok-imagine", 8), ("grok-imagine", 150), ("nano-banana", 8), ("elevenlabs-tts", 5)]
-    statuses = ["completed"] * 8 + ["failed", "cancelled", "running"]
-    start = time.time() - 90 * 86400
-    rows = []
-    for i in range(n):
-        model, credits = rng.choice(models)
-        status = rng.choice(statuses)
-        created = start + i * (90 * 86400 / n)
-        prompt = f"synthetic prompt {i}: a lake at sunset, cinematic"
-        url = f"https://cdn.example/v/{i}.mp4" if status == "completed" else None
-        values = {
-            "id": f"job_{i:08d}", "model": model, "status": status, "progress": 100 if status == "completed" else 40,
-            "prompt": prompt, "params": json.dumps({"prompt": prompt, "aspect_ratio": "16:9"}),
-            "credits_charged": credits, "credits_refunded": credits if status in ("failed", "cancelled") else None,
-            "refund_status": None, "created_at": created, "started_at": created + 2,
-            "completed_at": created + 95 if status == "completed" else None, "updated_at": created + 95,
-            "output": json.dumps({"videoUrl": url}) if url else None, "media_url": url, "local_path": None,
-            "error_code": "CONTENT_VIOLATION" if status == "failed" else None,
-            "error_message": "Content moderation failed" if status == "failed" else None,
-            "backend": "vydra", "host": "www.vydra.ai", "session": "bench:1", "notebook": "Untitled.ipynb",
-            "idempotency_key": None, "recorded_at": created,
-        }
-        rows.append(tuple(values[c] for c in COLUMNS))
-    return rows
-
-
 @pytest.fixture(scope="module")
 def big_history(tmp_path_factory: pytest.TempPathFactory) -> History:
     history = History(tmp_path_factory.mktemp("big") / "history.sqlite3")
