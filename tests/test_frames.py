@@ -266,6 +266,21 @@ def test_helpers_on_an_empty_history() -> None:
     plt.close("all")
 
 
+def test_a_history_given_by_path_is_closed_after_reading(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "other.sqlite3"
+    History(path).close()
+
+    def open_handles() -> int:
+        return sum(1 for fd in os.listdir("/proc/self/fd")
+                   if os.path.realpath(f"/proc/self/fd/{fd}").startswith(str(path)))
+
+    for _ in range(5):
+        assert frames.jobs_df(history=path).empty
+    assert open_handles() == 0
+
+
 def test_since_forms() -> None:
     now = datetime(2024, 5, 8, 12, tzinfo=timezone.utc)
     week_ago = datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp()

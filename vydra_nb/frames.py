@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from os import PathLike
 from typing import Any
@@ -81,12 +82,19 @@ def _client_or_default(client: Any) -> Any:
     return default_client()
 
 
-def _history(history: History | str | PathLike[str] | None) -> History:
+@contextmanager
+def _history(history: History | str | PathLike[str] | None) -> Iterator[History]:
+    """The store to read; one opened here from a path is closed again, not left to the GC."""
     if history is None:
-        return get_history()
-    if isinstance(history, History):
-        return history
-    return History(history)
+        yield get_history()
+    elif isinstance(history, History):
+        yield history
+    else:
+        store = History(history)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -215,7 +223,6 @@ def jobs_df(
     One SQL query through a separate read-only connection (a writer in another kernel never waits
     for it); conversions are vectorised, so 100,000 jobs load in a few tenths of a second.
     """
-    store = _history(history)
     where: list[str] = []
     args: list[Any] = []
     start = _since_epoch(since)
@@ -233,11 +240,12 @@ def jobs_df(
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY created_at DESC, rowid DESC"
-    conn = store.connection_for_read()
-    try:
-        rows = conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+    with _history(history) as store:
+        conn = store.connection_for_read()
+        try:
+            rows = conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
     raw = pd.DataFrame.from_records(rows, columns=list(_JOB_SQL_COLUMNS), coerce_float=True)
     return _type_jobs(raw, usd_per_credit=usd_per_credit, parse_params=parse_params)
 
