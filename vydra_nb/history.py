@@ -135,6 +135,30 @@ def job_row(job: Job) -> tuple[Any, ...]:
     return tuple(values[c] for c in COLUMNS)
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Switch the file to WAL, retrying while another process is doing the same.
+
+    Kernels that start at once on a new data folder all switch the fresh file from the rollback
+    journal to WAL together. Each then holds a shared lock and wants an exclusive one, and SQLite
+    breaks that deadlock by answering "database is locked" at once, without calling the busy
+    handler, so ``busy_timeout`` does not help. Unhandled, the history fails to open, and the job
+    being recorded at that moment (a paid one, just accepted) is silently missing from it: the
+    client's listener can only log the error. Retrying after a short pause lets one switch win;
+    the others then find the file in WAL mode already (the mode is stored in the file).
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class History:
     """The SQLite job store. Thread-safe; several processes may open the same file."""
 
@@ -144,7 +168,7 @@ class History:
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._migrate()
