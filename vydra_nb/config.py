@@ -59,11 +59,14 @@ def resolve_base_url(base_url: str | None = None) -> str:
 
 
 def is_loopback_host(host: str | None) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1: the only hosts plain http may carry the key to."""
+    """True for localhost, 127.0.0.0/8 and ::1: the only hosts plain http may carry the key to.
+
+    Not ``*.localhost``: RFC 6761 reserves it for loopback, but some resolvers pass it to DNS.
+    """
     if not host:
         return False
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

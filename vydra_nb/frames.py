@@ -639,7 +639,10 @@ def styled(df: pd.DataFrame) -> Any:
             formats[col] = "{:,.0f}"
         elif name in ("prompt", "description", "error_message", "params"):
             formats[col] = _fmt_text(60)
-    styler = df.style.format(formats, na_rep="—")
+    # Server text (names, descriptions, prompts) is never markup: escape every cell and label, the
+    # columns without a format of their own included.
+    styler = df.style.format(na_rep="—", escape="html").format(formats, na_rep="—", escape="html")
+    styler = styler.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
     if isinstance(df.index, pd.DatetimeIndex):
         styler = styler.format_index(_fmt_time)
     if "model" in df.columns and TOTAL_LABEL in set(df["model"].astype("str")):

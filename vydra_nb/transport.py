@@ -73,6 +73,21 @@ class Secret:
         raise TypeError("the API key cannot be pickled")
 
 
+class _BearerAuth(requests.auth.AuthBase):
+    """Adds ``Authorization`` while requests prepares the request, so no frame of ours holds the key
+    or the header in a local variable (traceback-locals displays print those)."""
+
+    def __init__(self, secret: Secret) -> None:
+        self._secret = secret
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = "Bearer " + (self._secret.reveal() or "")
+        return request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth('***')"
+
+
 @dataclass(frozen=True)
 class Response:
     """A parsed API answer: status, JSON body, headers."""
@@ -100,6 +115,7 @@ class Transport:
     ) -> None:
         self.base_url = resolve_base_url(base_url)
         self._key = Secret(api_key)
+        self._auth = _BearerAuth(self._key)
         if api_key:
             check_key_transport(self.base_url)
         self.timeout = timeout
@@ -143,13 +159,12 @@ class Transport:
         idempotency_key: str | None = None,
     ) -> Response:
         """Send one API call with the retry rules above and return its parsed answer."""
-        key = self._key.reveal()
-        if not key:
+        if not self._key:
             raise ConfigurationError(MISSING_KEY_MESSAGE)
         url = self.base_url + path
         check_key_transport(url)
         generation = method.upper() == "POST"
-        headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         attempt = 0
@@ -163,7 +178,7 @@ class Transport:
                     self.requests_sent += 1
                 log.debug("%s %s (attempt %d)", method, path, attempt + 1)
                 resp = self.session.request(
-                    method, url, headers=headers, params=params, json=json,
+                    method, url, headers=headers, params=params, json=json, auth=self._auth,
                     timeout=self.timeout, allow_redirects=False,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
@@ -230,9 +245,9 @@ class Transport:
     def _outcome_unknown(self, path: str, idempotency_key: str | None, why: str) -> OutcomeUnknownError:
         slug = path.rsplit("/", 1)[-1]
         return OutcomeUnknownError(
-            f"The generation request for {slug} may or may not have been accepted: {why}. It was not "
-            "retried, to avoid paying twice. Check `%vydra jobs --sync` or the Vydra dashboard "
-            "before submitting again.",
+            f"The generation request for {slug} may or may not have been accepted: {why}. Not retried, "
+            "to avoid paying twice: check `%vydra credits` and `%vydra jobs --sync` (or the Vydra "
+            "dashboard) before submitting again.",
             idempotency_key=idempotency_key or "",
             model=slug,
         )
@@ -275,7 +290,7 @@ class Transport:
             body = {**body, **raw}
             raw = raw.get("message")
         message = _one_line(self.scrub(str(raw))) if raw else (resp.reason or f"HTTP {status}")
-        code = body.get("code") if isinstance(body.get("code"), str) else None
+        code = self.scrub(body["code"]) if isinstance(body.get("code"), str) else None
         common = {"status_code": status, "code": code, "body": _scrub_body(body, self.scrub)}
         if status == 401:
             return AuthenticationError(
@@ -378,5 +393,13 @@ def _retry_after(headers: Mapping[str, str], body: Mapping[str, Any], message: s
     return float(match.group(1)) if match else None
 
 
-def _scrub_body(body: dict[str, Any], scrub: Callable[[str], str]) -> dict[str, Any]:
-    return {k: scrub(v) if isinstance(v, str) else v for k, v in body.items()}
+def _scrub_body(body: Any, scrub: Callable[[str], str]) -> Any:
+    """The error body with the key redacted from every string in it, keys and nested values included:
+    a server may echo what it received anywhere (``details.received``, ``code``)."""
+    if isinstance(body, str):
+        return scrub(body)
+    if isinstance(body, dict):
+        return {scrub(str(k)): _scrub_body(v, scrub) for k, v in body.items()}
+    if isinstance(body, (list, tuple)):
+        return [_scrub_body(v, scrub) for v in body]
+    return body
