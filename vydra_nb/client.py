@@ -15,11 +15,12 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 
 from .config import download_home, is_sandbox_url, mask_key, resolve_api_key
 from .errors import CreditWarning, DownloadError, NotFoundError, ResponseError, ValidationError, VydraError
@@ -58,6 +59,12 @@ def default_client() -> "Client":
         return _default_client
 
 
+DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
+"""Seconds one download may take in all, unless ``Client.download_timeout`` or the call says otherwise.
+Generous (a 2 GiB video on a slow link), but finite: a host that drips bytes cannot hold a kernel's
+tracker thread forever."""
+
+
 class Client:
     """A Vydra API client. Safe to share between threads.
 
@@ -79,6 +86,7 @@ class Client:
         time_scale: float = 1.0,
         download_dir: str | Path | None = None,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD,
+        download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
         record_history: bool = True,
     ) -> None:
         if time_scale <= 0:
@@ -101,6 +109,7 @@ class Client:
         self.time_scale = time_scale
         self._download_dir = Path(download_dir) if download_dir else None
         self.max_download_bytes = max_download_bytes
+        self.download_timeout = download_timeout
         self._models: list[Model] | None = None
         self._models_at = 0.0
         self._models_lock = threading.Lock()
@@ -347,30 +356,92 @@ class Client:
             self._warned_low = False
 
     # -- downloads --------------------------------------------------------------------------
-    def _download(self, media: Media, directory: Any, job_id: str, *, max_bytes: int | None = None) -> Path:
+    def _download(
+        self,
+        media: Media,
+        directory: Any,
+        job_id: str,
+        *,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
+    ) -> Path:
+        """Stream ``media`` into ``directory`` under a name made from ``job_id`` only.
+
+        Two limits bound what a media host can make us do: ``max_bytes`` (decoded bytes, so a
+        compression bomb counts at its real size) and ``timeout``, the whole download's deadline in
+        seconds. The requests read timeout alone does not end a download whose server sends a byte
+        every few seconds, so the deadline is checked between reads; a read itself waits at most
+        the read timeout (30 s, or the whole deadline when that is shorter), so a stalled host is
+        noticed too. Every failure is a DownloadError and leaves no file behind.
+        """
         if not is_safe_url(media.url):
             raise DownloadError(f"Job {job_id}'s result URL is not an http(s) URL; refusing to fetch it.")
         cap = self.max_download_bytes if max_bytes is None else max_bytes
+        limit = float(timeout if timeout is not None else self.download_timeout)
+        if not limit > 0:
+            raise ValueError("the download timeout must be a positive number of seconds")
+        deadline = time.monotonic() + limit
         folder = Path(directory) if directory is not None else self.download_dir
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            with self._media_session.get(media.url, stream=True, timeout=(5.0, 30.0)) as resp:
+            with self._media_session.get(
+                media.url, stream=True, timeout=(min(5.0, limit), min(30.0, limit))
+            ) as resp:
                 if resp.status_code >= 400:
                     raise DownloadError(
                         f"Could not download job {job_id}'s result (HTTP {resp.status_code}); provider URLs "
                         "expire after about a day."
                     )
-                declared = as_int(resp.headers.get("Content-Length"))
+                declared = _content_length(resp.headers.get("Content-Length"))
                 if declared is not None and declared > cap:
                     raise DownloadError(
                         f"Job {job_id}'s result is {declared:,} bytes, above the {cap:,}-byte cap; not saved."
                     )
                 ext = ext_for_content_type(resp.headers.get("Content-Type")) or media.extension
                 target = folder / safe_filename(job_id, ext)
-                atomic_write(target, resp.iter_content(chunk_size=256 * 1024), max_bytes=cap)
-        except requests.RequestException as exc:
+                atomic_write(target, _body_chunks(resp, deadline, limit, job_id), max_bytes=cap)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # OSError covers socket errors raised from raw reads; a failed write of the file is an
+            # OSError too and equally means "not saved" (atomic_write removed its temp file).
             raise DownloadError(f"Could not download job {job_id}'s result ({type(exc).__name__}); try again.") from None
         return target
+
+
+_CHUNK = 256 * 1024
+
+
+def _content_length(raw: Any) -> int | None:
+    """The declared size, however large (a 50-digit Content-Length is still "too large", not unknown)."""
+    if isinstance(raw, str) and raw.strip().isdigit() and len(raw.strip()) <= 100:
+        return int(raw.strip())
+    return None
+
+
+def _body_chunks(resp: requests.Response, deadline: float, limit: float, job_id: str) -> Iterator[bytes]:
+    """Yield the decoded body as it arrives, raising DownloadError once ``deadline`` passes.
+
+    ``read1`` returns whatever has arrived (up to a chunk) instead of waiting to fill a whole
+    chunk, which ``iter_content`` does and which would let a byte-a-second drip block inside one
+    read for days without ever tripping the read timeout.
+    """
+    read1 = getattr(resp.raw, "read1", None)
+    source = resp.iter_content(chunk_size=8192) if read1 is None else None  # urllib3 < 2 has no read1
+
+    def reader() -> bytes:
+        if source is not None:
+            return next(source, b"")
+        return read1(_CHUNK, decode_content=True)
+
+    while True:
+        if time.monotonic() > deadline:
+            raise DownloadError(
+                f"Downloading job {job_id}'s result took longer than {limit:g} s; stopped and not saved. "
+                "Pass a larger timeout to download() if the file is expected to be slow."
+            )
+        chunk = reader()
+        if not chunk:
+            return
+        yield chunk
 
 
 def normalize_completed(data: Mapping[str, Any]) -> bool:

@@ -377,11 +377,20 @@ class Job:
         """Cancel the job (credits are refunded); returns the ``CancelResult``."""
         return self._require_client().cancel(self.id, job=self)
 
-    def download(self, directory: str | os.PathLike[str] | None = None, *, max_bytes: int | None = None) -> Path:
+    def download(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
+    ) -> Path:
         """Stream the first output file into ``directory`` (default: the data folder's downloads).
 
-        The file is named from the job id and the media type only, written atomically, and capped
-        at ``max_bytes``. The API key is never sent to the media host.
+        The file is named from the job id and the media type only (never from the URL or a
+        Content-Disposition header, which a server controls), written atomically, capped at
+        ``max_bytes`` and stopped after ``timeout`` seconds in all (default: the client's
+        ``download_timeout``, an hour), so no media host can fill the disk, escape the folder or
+        hold the download open forever. The API key is never sent to the media host.
         """
         client = self._require_client()
         if self.status != COMPLETED:
@@ -393,7 +402,7 @@ class Job:
                 self._set_local_path(path)
                 return path
             raise DownloadError(f"Job {self.id} completed without a downloadable media URL.")
-        path = client._download(media[0], directory, self.id, max_bytes=max_bytes)
+        path = client._download(media[0], directory, self.id, max_bytes=max_bytes, timeout=timeout)
         self._set_local_path(path)
         return path
 

@@ -32,20 +32,31 @@ _TYPE_NAMES = {
 }
 
 
+# Integers outside SQLite's (and every sane counter's) signed 64-bit range are treated as garbage.
+# A server that says a job cost 1e300 credits is wrong or hostile; keeping such a number made the
+# history store's INSERT raise OverflowError, so the job, paid for, went unrecorded.
+INT_LIMIT = 2**63 - 1
+
+
 def as_int(value: Any) -> int | None:
-    """A tolerant integer: ints, integral floats and numeric strings; anything else is None."""
+    """A tolerant integer: ints, integral floats and numeric strings within the signed 64-bit range;
+    anything else (including 1e300, inf, NaN and 4000-digit numbers) is None."""
     if isinstance(value, bool) or value is None:
         return None
+    result: int | None = None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    if isinstance(value, str):
+        result = value
+    elif isinstance(value, float) and math.isfinite(value):
+        result = int(value)
+    elif isinstance(value, str) and len(value) <= 64:
         try:
-            return int(float(value.strip()))
-        except (ValueError, OverflowError):
+            number = float(value.strip())
+        except ValueError:
             return None
-    return None
+        result = int(number) if math.isfinite(number) else None
+    if result is None or not -INT_LIMIT <= result <= INT_LIMIT:
+        return None
+    return result
 
 
 def as_str(value: Any) -> str | None:
