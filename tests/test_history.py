@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,3 +300,22 @@ def test_recording_a_job_costs_about_a_millisecond(tmp_path: Path) -> None:
     median, p95 = statistics.median(times), sorted(times)[int(len(times) * 0.95)]
     print(f"\nrecord(): median {median * 1e3:.3f} ms, p95 {p95 * 1e3:.3f} ms")
     assert median < 0.005  # about a millisecond; generous for shared CI machines
+
+
+def test_a_history_that_cannot_be_written_warns_with_the_job_id(
+    shared_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job is charged either way: the user gets its id in one line, and the submission stands."""
+    from vydra_nb import HistoryWarning
+
+    home = tmp_path / "broken-home"
+    (home / "history.sqlite3").mkdir(parents=True)  # a folder where the database file should be
+    monkeypatch.setenv("VYDRA_NB_HOME", str(home))
+    with pytest.warns(HistoryWarning) as caught:
+        job = shared_client.generate("elevenlabs-tts", text="unrecorded")
+    assert job.id and job.credits_charged == 5
+    messages = [str(w.message) for w in caught if issubclass(w.category, HistoryWarning)]
+    assert len(messages) == 1 and job.id in messages[0] and "\n" not in messages[0]
+    (home / "history.sqlite3").rmdir()  # the folder is usable again: the next change is recorded
+    job.wait(timeout=30)
+    assert History(home / "history.sqlite3").get(job.id) is not None

@@ -16,6 +16,7 @@ from .errors import (  # noqa: E402  (light: the exception family has no depende
     ConfigurationError,
     CreditWarning,
     DownloadError,
+    HistoryWarning,
     InsufficientCreditsError,
     JobCancelledError,
     JobFailedError,
@@ -85,7 +86,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "APIConnectionError", "AuthenticationError", "CancelResult", "Client", "ConfigurationError",
-    "CreditWarning", "DownloadError", "InsufficientCreditsError", "Job", "JobCancelledError",
+    "CreditWarning", "DownloadError", "HistoryWarning", "InsufficientCreditsError", "Job", "JobCancelledError",
     "JobFailedError", "JobTimeoutError", "Limit", "Model", "NotFoundError", "Organization",
     "OutcomeUnknownError", "PollPolicy", "RateLimitError", "ResponseError", "ServerError",
     "ValidationError", "VydraError", "sandbox", "History", "Tracker", "models_df", "jobs_df",

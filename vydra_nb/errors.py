@@ -140,11 +140,16 @@ class CreditWarning(UserWarning):
     """Remaining credits fell below the warning threshold (500 by default)."""
 
 
+class HistoryWarning(UserWarning):
+    """A job could not be written to the history store; its id is in the message, to keep by hand."""
+
+
 __all__ = [
     "APIConnectionError",
     "AuthenticationError",
     "ConfigurationError",
     "CreditWarning",
+    "HistoryWarning",
     "DownloadError",
     "InsufficientCreditsError",
     "JobCancelledError",

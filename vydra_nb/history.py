@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config import data_home
+from .errors import HistoryWarning
 from .jobs import TERMINAL, Job
 
 SCHEMA_VERSION = 2
@@ -336,9 +338,31 @@ def get_history() -> History:
         return _default
 
 
+_unrecorded: set[str] = set()
+
+
 def record_to_default_history(job: Job) -> None:
-    """The listener every Client gets: record the job in ``VYDRA_NB_HOME``'s history."""
-    get_history().record(job)
+    """The listener every Client gets: record the job in ``VYDRA_NB_HOME``'s history.
+
+    If the store cannot be written (disk full, read-only folder, a broken file), the job has still
+    been charged: say so once per job, in one line with its id, so the user can keep it by hand,
+    rather than a logged traceback that scrolls away.
+    """
+    try:
+        get_history().record(job)
+    except Exception as exc:
+        if job.id in _unrecorded:
+            return
+        _unrecorded.add(job.id)
+        warnings.warn(
+            f"Job {job.id} ({job.model}, {job.status}) could not be saved to the history in "
+            f"{data_home()} ({type(exc).__name__}: {str(exc)[:120]}). Keep its id: "
+            f"`%vydra job {job.id}` shows it while the server keeps it.",
+            HistoryWarning,
+            stacklevel=2,
+        )
+    else:
+        _unrecorded.discard(job.id)
 
 
 def _register() -> None:
