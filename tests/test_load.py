@@ -16,7 +16,6 @@ finished job was never reopened by a stale update, and no reader or writer ever 
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import threading

@@ -486,7 +486,6 @@ def _speech_samples(text, voice, duration, rate=SPEECH_RATE):
         if s1 <= s0:
             continue
         m = s1 - s0
-        t = np.arange(m, dtype=np.float32) / rate
         code = ord(text[start])
         f0 = base * (1.0 + 0.12 * ((code % 7) - 3) / 3.0)
         glide = 1.0 + 0.06 * np.linspace(1, -1, m, dtype=np.float32) * (1 if code % 2 else -1)
