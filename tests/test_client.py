@@ -77,6 +77,28 @@ def test_invalid_parameters_send_nothing(
     assert balance(sb) == before
 
 
+@pytest.mark.parametrize(
+    ("model", "params", "field", "words"),
+    [
+        ("elevenlabs-sts", {"audio_url": "not a url"}, "audio_url", "http(s) URL"),
+        ("elevenlabs-sts", {"audio_url": "file:///etc/passwd"}, "audio_url", "http(s) URL"),
+        ("veo3", {"prompt": "   "}, "prompt", "besides spaces"),
+        ("video-trim", {"video_url": "https://e.example/a.mp4", "start": float("nan"), "end": 3}, "start", "finite"),
+        ("veo3", {"prompt": "a\ud800b"}, "prompt", "surrogate"),
+    ],
+)
+def test_values_json_schema_lets_through_are_refused_before_sending(
+    sb: sandbox_mod.Sandbox, client: vydra_nb.Client, model: str, params: dict, field: str, words: str
+) -> None:
+    """The server would refuse these (or requests could not even encode NaN): refuse them for free."""
+    client.models()
+    sent, before = client.requests_sent, balance(sb)
+    with pytest.raises(vydra_nb.ValidationError) as info:
+        client.generate(model, params)
+    assert info.value.field == field and words in str(info.value) and "\n" not in str(info.value)
+    assert client.requests_sent == sent and balance(sb) == before
+
+
 def test_inactive_model_is_refused_locally(client: vydra_nb.Client) -> None:
     inactive = next(m for m in client.models() if not m.is_active)
     sent = client.requests_sent

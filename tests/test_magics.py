@@ -293,3 +293,30 @@ def test_jobs_sync_merges_server_jobs_or_says_why_not(ip: InteractiveShell, caps
         jobs = ip.run_line_magic("vydra", "jobs --sync --limit 50")
         assert "Synced" in capsys.readouterr().out
         assert outside.id in set(jobs["id"])
+
+
+def test_login_resumes_jobs_left_unfinished_by_an_earlier_session(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A key typed at ``%vydra login`` picks up unfinished jobs, as a key in the environment does at load."""
+    from vydra_nb.history import get_history
+    from vydra_nb.poller import get_tracker
+
+    with vydra_nb.sandbox.start(credits=1000, speed=30) as box:  # a veo3 job takes ~3 s
+        earlier = vydra_nb.Client(api_key=box.api_key, base_url=box.url, time_scale=1 / 30)
+        job = earlier.generate("veo3", prompt="left running by a kernel that died")
+        earlier.close()
+        assert get_history().get(job.id)["status"] in ("pending", "running")
+        monkeypatch.setenv("VYDRA_BASE_URL", box.url)
+        monkeypatch.setattr("getpass.getpass", lambda prompt="": box.api_key)
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "vydra_nb")
+        magics = magics_of(shell)
+        magics._client, magics._sandbox = None, None
+        try:
+            shell.run_line_magic("vydra", "login")
+            assert "Resumed tracking 1 unfinished job(s)" in capsys.readouterr().out
+            assert get_tracker().join_idle(30)
+            assert get_history().get(job.id)["status"] == "completed"
+        finally:
+            magics._client, magics._login_key = None, None
+            vydra_nb.client.set_default_client(None)

@@ -504,10 +504,6 @@ def test_two_hundred_jobs_through_faults_lose_nothing_and_charge_once(shell: Int
         c.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`%vydra jobs --sync` (magics.VydraMagics._sync) reads one page, `list_jobs(limit=100)`, so a "
-    "charged job whose response was lost is not found once 100 newer jobs exist; it needs to page "
-    "with `offset` until the listing is exhausted (magics.py, not owned here)."))
 @pytest.mark.timeout(60)
 def test_sync_finds_a_lost_charged_job_behind_a_hundred_newer_ones() -> None:
     """The OutcomeUnknownError message's advice must work for a busy account too."""

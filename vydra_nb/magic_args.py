@@ -10,6 +10,7 @@ and every mistake is a ``UsageError`` with one line that says what to do.
 from __future__ import annotations
 
 import difflib
+import math
 import shlex
 import string
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from .models import Model, Parameter
+from .models import Model, Parameter, is_http_url
 
 # Flags every cell understands, besides the model's own.
 GENERIC_FLAGS = {
@@ -55,11 +56,44 @@ class CellCommand:
         return bool(self.grid) or len(self.prompts) > 1
 
 
+# Error messages echo what the user typed so they can spot it, but never more than this much of it:
+# a 60,000-character value must not come back as a wall of text.
+ECHO_CHARS = 60
+
+
+def shown(text: object, limit: int = ECHO_CHARS) -> str:
+    """``repr`` of user text for a one-line message: escapes line breaks, cut to ``limit`` chars."""
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 4] + "…" + r[-3:]
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """Collapse any line breaks (a UsageError is shown as one line) and cap the length."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _check_encodable(what: str, value: Any) -> None:
+    """Refuse lone surrogates: they cannot be printed to a UTF-8 stream nor mean anything to a
+    provider, and only ever come from text decoded wrongly (``surrogateescape``) upstream."""
+    texts = value if isinstance(value, list) else [value]
+    for text in texts:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                char = text[exc.start]
+                raise UsageError(
+                    f"{what} holds an invalid character (lone surrogate U+{ord(char):04X} at position {exc.start}); "
+                    "it is not valid Unicode text, so nothing was sent."
+                ) from None
+
+
 def split_line(line: str) -> list[str]:
     try:
         return shlex.split(line, posix=True)
     except ValueError as exc:
-        raise UsageError(f"Could not read the %%vydra line ({exc}); check its quotes.") from None
+        raise UsageError(f"Could not read the %%vydra line ({one_line(str(exc))}); check its quotes.") from None
 
 
 def model_slug(line: str) -> str:
@@ -77,14 +111,22 @@ def flag_names(param: Parameter) -> list[str]:
     return names
 
 
-def _convert(param: Parameter, raw: str) -> Any:
-    """One value of ``param`` from its command-line text."""
+def _convert(param: Parameter, raw: str, prop: Mapping[str, Any] | None = None) -> Any:
+    """One value of ``param`` from its command-line text.
+
+    ``prop`` is the parameter's schema. Its ``format`` (of the items, for an array) ``uri`` must
+    be an http(s) URL, and a ``minLength`` string must hold more than spaces, as the server
+    checks: a dry run never shows a body the server would then refuse.
+    """
+    prop = prop or {}
     kind = param.type
     try:
         if kind == "integer":
             value: Any = int(raw)
         elif kind == "number":
             value = float(raw)
+            if not math.isfinite(value):  # JSON has no NaN or Infinity: the request could not be sent
+                raise ValueError
         elif kind == "boolean":
             low = raw.lower()
             if low not in ("true", "false", "yes", "no", "1", "0"):
@@ -96,14 +138,30 @@ def _convert(param: Parameter, raw: str) -> Any:
             value = raw
     except ValueError:
         what = {"integer": "a whole number", "number": "a number", "boolean": "true or false"}.get(kind or "", kind)
-        raise UsageError(f"{param.flag} needs {what}, not {raw!r}.") from None
+        what = "a finite number" if kind == "number" else what
+        raise UsageError(f"{param.flag} needs {what}, not {shown(raw)}.") from None
     if param.enum is not None and value not in param.enum:
         allowed = ", ".join(map(str, param.enum))
-        raise UsageError(f"{param.flag} must be one of {allowed} (got {raw!r}).")
+        raise UsageError(f"{param.flag} must be one of {allowed} (got {shown(raw)}).")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if param.minimum is not None and value < param.minimum or param.maximum is not None and value > param.maximum:
-            raise UsageError(f"{param.flag} must be between {param.minimum} and {param.maximum} (got {raw}).")
+            raise UsageError(f"{param.flag} must be between {param.minimum} and {param.maximum} (got {shown(raw)[1:-1]}).")
+    items = prop.get("items") if isinstance(prop.get("items"), dict) else {}
+    if "uri" in (prop.get("format"), items.get("format")):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not is_http_url(item):
+                raise UsageError(f"{param.flag} needs an http(s) URL, not {shown(item)}.")
+    min_length = prop.get("minLength")
+    if isinstance(value, str) and isinstance(min_length, int) and len(value.strip()) < min_length:
+        raise UsageError(f"{param.flag} needs at least {min_length} character(s) besides spaces, not {shown(raw)}.")
+    _check_encodable(param.flag, value)
     return value
+
+
+def _schema_of(model: Model, param: Parameter) -> Mapping[str, Any]:
+    """The parameter's own property schema (its ``format``, ``minLength``, ``items``)."""
+    prop = model.properties.get(param.name)
+    return prop if isinstance(prop, Mapping) else {}
 
 
 def _sweepable(param: Parameter) -> bool:
@@ -134,7 +192,7 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
         if flag in ("-o", "--out"):
             name = value()
             if not name.isidentifier():
-                raise UsageError(f"-o needs a Python variable name, not {name!r}.")
+                raise UsageError(f"-o needs a Python variable name, not {shown(name)}.")
             cmd.output_var = name
         elif flag == "--wait":
             cmd.wait = True
@@ -150,10 +208,10 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
             raw = value()
             try:
                 number = float(raw)
-                if number < 0:
+                if not number >= 0 or not math.isfinite(number):  # "nan" and "inf" parse as floats
                     raise ValueError
             except ValueError:
-                raise UsageError(f"{flag} needs a non-negative number, not {raw!r}.") from None
+                raise UsageError(f"{flag} needs a non-negative number, not {shown(raw)}.") from None
             if flag == "--max-credits":
                 cmd.max_credits = int(number)
             else:
@@ -164,14 +222,15 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
                 cmd.params[param.name] = positive
                 continue
             raw = value()
+            prop = _schema_of(model, param)
             if "," in raw and _sweepable(param):
-                values = [_convert(param, part.strip()) for part in raw.split(",") if part.strip()]
+                values = [_convert(param, part.strip(), prop) for part in raw.split(",") if part.strip()]
                 if len(values) > 1:
                     cmd.grid[param.name] = values
                     cmd.params.pop(param.name, None)
                     continue
                 raw = raw.strip(", ")
-            cmd.params[param.name] = _convert(param, raw)
+            cmd.params[param.name] = _convert(param, raw, prop)
             cmd.grid.pop(param.name, None)
         else:
             raise UsageError(_unknown_flag(token, model))
@@ -181,6 +240,7 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
         cmd.prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]
     elif text:
         cmd.prompts = [text]
+    _check_encodable("The prompt", cmd.prompts)
     if cmd.prompts and prompt_field is None:
         raise UsageError(f"{model.slug} takes no text prompt; leave the cell body empty and use flags (`%vydra help {model.slug}`).")
     if cmd.prompts and prompt_field in cmd.params:
@@ -195,11 +255,12 @@ def flag_of(model: Model, name: str) -> str:
 
 def _unknown_flag(token: str, model: Model) -> str:
     known = [f for p in model.parameters for f in flag_names(p)] + list(GENERIC_FLAGS)
-    close = difflib.get_close_matches(token.split("=")[0], known, n=1)
+    name = token.split("=")[0]
+    close = difflib.get_close_matches(name, known, n=1) if len(name) <= 100 else []
     hint = f" Did you mean {close[0]}?" if close else ""
     if not token.startswith("-"):
-        return f"Unexpected {token!r}: the prompt goes in the cell body, flags look like --name value.{hint}"
-    return f"{model.slug} has no flag {token.split('=')[0]}.{hint} See `%vydra help {model.slug}`."
+        return f"Unexpected {shown(token)}: the prompt goes in the cell body, flags look like --name value.{hint}"
+    return f"{model.slug} has no flag {shown(name)[1:-1]}.{hint} See `%vydra help {model.slug}`."
 
 
 def interpolate(body: str, namespace: Mapping[str, Any]) -> str:
@@ -212,21 +273,22 @@ def interpolate(body: str, namespace: Mapping[str, Any]) -> str:
     try:
         fields = [f for _, f, _, _ in formatter.parse(body) if f is not None]
     except ValueError as exc:
-        raise UsageError(f"The prompt has a stray brace ({exc}); write {{{{ or }}}} for a literal brace.") from None
+        raise UsageError(f"The prompt has a stray brace ({one_line(str(exc))}); write {{{{ or }}}} for a literal brace.") from None
     missing = []
     for name in fields:
         root = name.split(".")[0].split("[")[0]
-        if not root or root.isdigit():
-            raise UsageError("Placeholders in a prompt need a variable name, like {subject}; write {{ for a brace.")
+        if not root.isidentifier():  # "{}", "{0}", "{ x }", "{a\nb}": not a variable, maybe a stray brace
+            raise UsageError(f"Placeholders in a prompt need a variable name, like {{subject}}, not {shown('{' + name + '}')}; "
+                             "write {{ for a brace.")
         if root not in namespace:
             missing.append(root)
     if missing:
-        names = ", ".join(dict.fromkeys(missing))
+        names = one_line(", ".join(dict.fromkeys(missing)), 120)
         raise UsageError(f"The prompt uses undefined variable(s): {names}. Define them, or write {{{{ for a literal brace.")
     try:
         return formatter.vformat(body, (), namespace)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"Could not fill the prompt's placeholders: {type(exc).__name__}: {exc}") from None
+        raise UsageError(f"Could not fill the prompt's placeholders: {type(exc).__name__}: {one_line(str(exc))}") from None
 
 
 def request_bodies(cmd: CellCommand, model: Model) -> list[dict[str, Any]]:

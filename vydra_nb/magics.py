@@ -8,6 +8,7 @@ mistakes (a bad flag, an unknown model, a 402) become one-line ``UsageError``s; 
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 import sys
 import threading
@@ -20,7 +21,7 @@ from traitlets import Bool, Float, Int, Unicode
 
 from .config import USD_PER_CREDIT
 from .errors import VydraError
-from .magic_args import GENERIC_FLAGS, flag_names, model_slug, parse_cell, request_bodies, split_line
+from .magic_args import GENERIC_FLAGS, flag_names, model_slug, one_line, parse_cell, request_bodies, split_line
 
 if TYPE_CHECKING:
     from .client import Client
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .models import Model
 
 log = logging.getLogger("vydra_nb")
+
+ERROR_CHARS = 300  # the longest error a cell shows; longer texts are cut with "…"
 
 COMMANDS = {
     "models": "[--provider P] [--all]   models and prices",
@@ -49,7 +52,11 @@ def _dollars(credits: int | None) -> str:
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn VydraError (a user-facing failure) into a one-line UsageError without a traceback."""
+    """Turn VydraError (a user-facing failure) into a one-line UsageError without a traceback.
+
+    The message is flattened to one line and capped: it may quote a server's answer, which is
+    outside our control, and IPython shows a UsageError exactly as its text.
+    """
     import functools
 
     @functools.wraps(func)
@@ -57,7 +64,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except VydraError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(one_line(str(exc), ERROR_CHARS)) from None
 
     return wrapper
 
@@ -186,7 +193,6 @@ class VydraMagics(Magics):
         for body in bodies:
             print(f"POST {self.client.base_url}/models/{model.slug}{label}")
             print(json.dumps(body, indent=2, ensure_ascii=False))
-        each = model.price(bodies[0]) if bodies else None
         unit = f"per {model.pricing_unit}" if model.pricing_unit else "each"
         shown = total if total is not None else "?"
         if len(bodies) > 1:
@@ -362,18 +368,32 @@ class VydraMagics(Magics):
         df = jobs_df(model=opts.get("model"), status=opts.get("status"))
         return df.head(opts.get("limit", 20))
 
+    SYNC_PAGE = 100
+    SYNC_MAX = 2000  # 20 status checks: a fifth of a minute's budget, far past any lost job's age
+
     def _sync(self) -> None:
+        """Merge the server's job list into the history, newest first, page by page.
+
+        It reads on past jobs already known: a job whose submission answer was lost (an
+        ``OutcomeUnknownError``) may sit behind any number of newer ones.
+        """
         from .errors import NotFoundError
         from .history import get_history
 
+        synced = 0
         try:
-            jobs = self.client.list_jobs(limit=100)
+            while synced < self.SYNC_MAX:
+                page = self.client.list_jobs(limit=self.SYNC_PAGE, offset=synced)
+                get_history().record_many(page)
+                synced += len(page)
+                if len(page) < self.SYNC_PAGE:
+                    break
         except NotFoundError:
             print("This server has no job listing (GET /jobs answered 404): the history holds the jobs "
                   "submitted from vydra-nb only.")
             return
-        get_history().record_many(jobs)
-        print(f"Synced {len(jobs)} job(s) from the server into the history.")
+        more = " (the newest; older ones were left alone)" if synced >= self.SYNC_MAX else ""
+        print(f"Synced {synced} job(s) from the server into the history{more}.")
 
     def resume(self) -> int:
         """Track again every unfinished job of this backend recorded in the history."""
@@ -427,6 +447,10 @@ class VydraMagics(Magics):
         org = self.client.organization()
         print(f"Logged in to {self.client.base_url} · {org.name} · plan {org.plan} · "
               f"{org.credits_remaining:,} credits" if org.credits_remaining is not None else "Logged in.")
+        if self.resume_on_load:  # what %load_ext does when the key comes from the environment
+            count = self.resume()
+            if count:
+                print(f"Resumed tracking {count} unfinished job(s) from earlier sessions.")
 
     def _cmd_logout(self, args: list[str]) -> None:
         from .client import set_default_client
@@ -438,6 +462,12 @@ class VydraMagics(Magics):
 
     def _cmd_sandbox(self, args: list[str]) -> None:
         opts = self._opts(args, {"--credits": int, "--speed": float, "--stop": bool})
+        speed, credits = opts.get("speed"), opts.get("credits")
+        # Checked here so a typo is a one-line UsageError, not the sandbox's ValueError traceback.
+        if speed is not None and not (math.isfinite(speed) and speed > 0):
+            raise UsageError(f"--speed needs a positive number, not {speed}.")
+        if credits is not None and credits < 0:
+            raise UsageError(f"--credits needs a whole number of at least 0, not {credits}.")
         if opts.get("stop"):
             from .client import set_default_client
 

@@ -15,6 +15,24 @@ from typing import Any
 
 from .errors import ValidationError
 
+
+def is_http_url(value: Any) -> bool:
+    """What the API accepts for ``"format": "uri"``: an absolute http(s) URL (vydra-api.md)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 4] + "…" + r[-3:]
+
 # Fields a cell body may fill, in order of preference, when the schema has several string fields.
 PROMPT_FIELD_NAMES = ("prompt", "text", "customPrompt", "custom_prompt", "description", "query", "input")
 
@@ -258,7 +276,35 @@ class Model:
         errors = list(cls(self.input_schema).iter_errors(params))
         if errors:
             raise ValidationError(self._describe(js_exc.best_match(errors), props), field=self._field_of(js_exc.best_match(errors)))
+        for key, value in params.items():
+            self._check_value(key, value, props.get(key) if isinstance(props.get(key), dict) else {})
         return params
+
+    @staticmethod
+    def _check_value(key: str, value: Any, prop: dict[str, Any]) -> None:
+        """What the server refuses but JSON Schema alone lets through: a non-http(s) ``uri``, a
+        ``minLength`` string of spaces, NaN or infinity (JSON has neither, so the request could not
+        even be encoded), and lone surrogates (not Unicode text)."""
+        items = prop.get("items") if isinstance(prop.get("items"), dict) else {}
+        values = value if isinstance(value, list) else [value]
+        uri = "uri" in (prop.get("format"), items.get("format"))
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValidationError(f"{key} must be a finite number (got {item}).", field=key)
+            if not isinstance(item, str):
+                continue
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError(f"{key} holds an invalid character (a lone surrogate): not Unicode text.",
+                                      field=key) from None
+            if uri and not is_http_url(item):
+                raise ValidationError(f"{key} needs an http(s) URL (got {_short_repr(item)}).", field=key)
+        min_length = prop.get("minLength")
+        if isinstance(value, str) and isinstance(min_length, int) and len(value.strip()) < min_length:
+            raise ValidationError(
+                f"{key} needs at least {min_length} character(s) besides spaces (got {_short_repr(value)}).", field=key
+            )
 
     @staticmethod
     def _field_of(error: Any) -> str | None:
