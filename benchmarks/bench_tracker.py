@@ -98,7 +98,7 @@ def _count_comm_messages() -> tuple[dict[str, int], Any]:
 
 
 def _naive_loop(base_url: str, key: str, job_ids: list[str], ends: dict[str, float], speed: float,
-                deadline: float, stats: dict[str, int]) -> None:
+                deadline: float, stats: dict[str, Any]) -> None:
     session = requests.Session()
     session.trust_env = False
     headers = {"Authorization": f"Bearer {key}"}
@@ -123,6 +123,7 @@ def _naive_loop(base_url: str, key: str, job_ids: list[str], ends: dict[str, flo
             elif resp.ok and resp.json().get("status") in ("completed", "failed", "cancelled"):
                 live.discard(job_id)
                 stats["seen_done"] += 1
+                stats["delays"].append((time.monotonic() - ends[job_id]) * speed)
             next_at[job_id] = time.monotonic() + interval
     finally:
         session.close()
@@ -180,7 +181,7 @@ def run(quick: bool = False, *, n: int | None = None, speed: float | None = None
 
             t0 = time.monotonic()
             deadline = t0 + budget_wall
-            stats = {"requests": 0, "rate_limited_429": 0, "errors": 0, "seen_done": 0}
+            stats: dict[str, Any] = {"requests": 0, "rate_limited_429": 0, "errors": 0, "seen_done": 0, "delays": []}
             naive = threading.Thread(target=_naive_loop, args=(sb.url, base_key, base_ids, ends, speed, deadline, stats),
                                      name="bench-naive", daemon=True)
             ours_cpu = ThreadCPU(lambda: tracker._thread)
@@ -224,6 +225,10 @@ def run(quick: bool = False, *, n: int | None = None, speed: float | None = None
          "ok": ours_pct < TARGET_CPU_PCT},
         {"metric": f"{n} live jobs: widget messages / s" if widgets else f"{n} live jobs: widget messages / s (off)",
          "ours": msg_rate, "baseline": None, "ratio": None, "target": "(reported)", "ok": None},
+        {"metric": f"{n} live jobs: delay median, real s", "ours": statistics.median(delays) if delays else None,
+         "baseline": statistics.median(stats["delays"]) if stats["delays"] else None,
+         "ratio": (statistics.median(delays) / statistics.median(stats["delays"])) if delays and stats["delays"] else None,
+         "target": "(reported)", "ok": None},
         {"metric": f"{n} live jobs: status requests / min", "ours": polls / (ours_real / 60.0),
          "baseline": stats["requests"] / (base_real / 60.0), "ratio": None, "target": "<= 100 (budget)",
          "ok": polls / (ours_real / 60.0) <= 100.0},

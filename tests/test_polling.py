@@ -91,3 +91,24 @@ def test_a_steady_job_is_seen_within_about_a_second_for_fewer_requests_than_poll
     assert late <= 1.5, (polls, late)
     baseline_polls = math.ceil(duration / 10.0)  # polling every 10 s
     assert polls <= baseline_polls + 4, (polls, baseline_polls)
+
+
+def test_routine_polls_step_aside_when_the_status_window_is_nearly_used_up() -> None:
+    """The tracker keeps the last 20 % of the status window for polls aimed at a job's end."""
+    from vydra_nb import Client
+    from vydra_nb.jobs import Job
+    from vydra_nb.poller import Tracker
+    from vydra_nb.ratelimit import STATUS, Limit
+
+    client = Client(api_key="k", base_url="http://127.0.0.1:9/api/v1", rate_limits={STATUS: Limit(10, 60.0)})
+    window = client.limiter[STATUS]
+    job = Job(id="job_p", model="veo3", status="running", _client=client)
+    assert window.headroom() == 10 and Tracker._routine_step(job) == 0.0
+    for _ in range(7):
+        window.acquire()
+    assert window.headroom() == 3 and Tracker._routine_step(job) == 0.0  # 3 > the 2 kept back
+    window.acquire()
+    assert window.headroom() == 2 and Tracker._routine_step(job) == pytest.approx(6.0)
+    window.block_for(5.0)  # a 429's Retry-After: nothing may go
+    assert window.headroom() == 0
+    client.close()

@@ -9,6 +9,11 @@ and children, which ipywidgets sends to the right output from any thread.
 The thread exists only while there is a live job and exits when the last one ends, so an idle
 kernel has nothing running. One failed poll never stops it: the job is marked "retrying" and
 polled again later. When to poll each job is decided by ``PollPolicy`` (shared with ``Job.wait``).
+
+Polls aimed at a job's expected end (or at an overdue job) are *urgent*; the rest only look for
+news. When the status window is nearly used up (100 live jobs share 100 checks a minute), routine
+polls step aside and leave the remaining calls to urgent ones, so finished jobs are still seen
+promptly; they are postponed, never dropped.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 
 from .errors import VydraError
 from .jobs import COMPLETED, Job
+from .ratelimit import STATUS
 
 log = logging.getLogger("vydra_nb")
 
@@ -32,6 +38,11 @@ class _Due:
     at: float
     seq: int
     job_id: str = field(compare=False)
+    urgent: bool = field(default=True, compare=False)
+
+
+# Share of the status window kept for urgent polls: routine polls wait while less is left.
+URGENT_RESERVE = 0.2
 
 
 class Tracker:
@@ -123,8 +134,23 @@ class Tracker:
         client = job._client
         return client.poll_policy if client is not None else PollPolicy()
 
-    def _push(self, job_id: str, at: float) -> None:
-        heapq.heappush(self._queue, _Due(at, next(self._seq), job_id))
+    def _push(self, job_id: str, at: float, urgent: bool = True) -> None:
+        heapq.heappush(self._queue, _Due(at, next(self._seq), job_id, urgent))
+
+    @staticmethod
+    def _routine_step(job: Job) -> float:
+        """0 when a routine poll of ``job`` may go now; else how long to postpone it.
+
+        It may go while more than ``URGENT_RESERVE`` of its client's status window is free.
+        """
+        client = job._client
+        window = None if client is None else client.limiter.windows.get(STATUS)
+        if window is None:
+            return 0.0
+        reserve = max(1, int(window.limit.calls * URGENT_RESERVE))
+        if window.headroom() > reserve:
+            return 0.0
+        return window.limit.period / window.limit.calls  # about when the next slot frees
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -149,10 +175,17 @@ class Tracker:
                 due = self._queue[0]
                 if due.at <= now:
                     heapq.heappop(self._queue)
+                    job = self._jobs[due.job_id]
+                    if not due.urgent and any(d.urgent for d in self._queue if d.job_id == due.job_id):
+                        continue  # a poke or a landing poll of the same job is queued: let it decide
+                    step = 0.0 if due.urgent else self._routine_step(job)
+                    if step > 0:
+                        self._push(due.job_id, now + step, urgent=False)
+                        continue
                     # Skip duplicates: a poke may have queued the same job twice.
                     self._queue = [d for d in self._queue if d.job_id != due.job_id]
                     heapq.heapify(self._queue)
-                    return self._jobs[due.job_id]
+                    return job
                 self._cond.wait(min(due.at - now, 1.0))
 
     def _run(self) -> None:
@@ -184,11 +217,14 @@ class Tracker:
                 if job.id not in self._jobs:
                     continue
                 same_client = sum(1 for j in self._jobs.values() if j._client is job._client)
-                delay = self._policy(job).next_delay(
-                    previous_delay=self._delays.get(job.id), remaining=job.eta(), live_jobs=same_client
-                )
+                policy = self._policy(job)
+                previous = self._delays.get(job.id)
+                remaining = job.eta()
+                delay = policy.next_delay(previous_delay=previous, remaining=remaining, live_jobs=same_client)
+                routine = policy.next_delay(previous_delay=previous, remaining=None, live_jobs=same_client)
+                urgent = remaining is not None and (remaining <= 0 or delay < routine)
                 self._delays[job.id] = delay
-                self._push(job.id, time.monotonic() + delay)
+                self._push(job.id, time.monotonic() + delay, urgent=urgent)
 
     def _ended(self, job: Job) -> None:
         for callback in list(self._on_end):

@@ -75,6 +75,15 @@ class SlidingWindow:
             wait = max(wait, self._stamps[0] + self.limit.period - now)
         return wait
 
+    def headroom(self) -> int:
+        """Calls still allowed in the current window (0 while a 429 block lasts)."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            if self._blocked_until > now:
+                return 0
+            return max(0, self.limit.calls - len(self._stamps))
+
     def acquire(self, timeout: float | None = None) -> float:
         """Block until a call is allowed, record it, and return the slot's time stamp.
 
