@@ -50,3 +50,14 @@ def shared_client(shared_sandbox: sandbox_mod.Sandbox) -> Iterator[vydra_nb.Clie
     c = make_client(shared_sandbox)
     yield c
     c.close()
+
+
+def end_vydra_session(shell: object) -> None:
+    """Stop the shell's on-demand sandbox and forget its session client, so the next test starts clean."""
+    magics = shell.magics_manager.registry["VydraMagics"]  # type: ignore[attr-defined]
+    if magics._sandbox is not None:
+        magics._sandbox.stop()
+    magics._sandbox = None
+    magics._client = None
+    magics._login_key = None
+    vydra_nb.client.set_default_client(None)

@@ -16,6 +16,8 @@ import vydra_nb
 from vydra_nb.magic_args import interpolate, parse_cell, request_bodies
 from vydra_nb.models import Model
 
+from .conftest import end_vydra_session
+
 VEO_LIKE = Model.from_api(
     {
         "slug": "vidgen",
@@ -97,12 +99,7 @@ def ip() -> Iterator[InteractiveShell]:
     shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
     shell.run_line_magic("vydra", "sandbox --speed 100 --credits 5000")
     yield shell
-    magics = shell.magics_manager.registry["VydraMagics"]
-    if magics._sandbox is not None:
-        magics._sandbox.stop()
-    magics._sandbox = None
-    magics._client = None
-    vydra_nb.client.set_default_client(None)
+    end_vydra_session(shell)
 
 
 def magics_of(shell: InteractiveShell) -> Any:
@@ -310,6 +307,7 @@ def test_login_resumes_jobs_left_unfinished_by_an_earlier_session(monkeypatch: p
         monkeypatch.setattr("getpass.getpass", lambda prompt="": box.api_key)
         shell = InteractiveShell.instance()
         shell.run_line_magic("load_ext", "vydra_nb")
+        shell.run_line_magic("config", "VydraMagics.resume_on_load = True")  # the default; tests above turn it off
         magics = magics_of(shell)
         magics._client, magics._sandbox = None, None
         try:
@@ -318,5 +316,5 @@ def test_login_resumes_jobs_left_unfinished_by_an_earlier_session(monkeypatch: p
             assert get_tracker().join_idle(30)
             assert get_history().get(job.id)["status"] == "completed"
         finally:
-            magics._client, magics._login_key = None, None
-            vydra_nb.client.set_default_client(None)
+            shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
+            end_vydra_session(shell)

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import shlex
-import sys
 import threading
 import time
 from collections.abc import Iterator

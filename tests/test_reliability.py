@@ -52,6 +52,8 @@ from vydra_nb.history import get_history
 from vydra_nb.jobs import TERMINAL, Job
 from vydra_nb.poller import get_tracker
 
+from .conftest import end_vydra_session
+
 N_JOBS = 200
 SPEED = 500  # a 90 s Veo job takes ~0.2 s; rate windows are 0.12 s
 # About 20 % of API requests fail: 7 % 500, 4 % 503, 4 % 500-after-charge, 2 % dropped before
@@ -175,13 +177,8 @@ def shell(request: pytest.FixtureRequest) -> Iterator[InteractiveShell]:
                                          time_scale=1 / SPEED)
         vydra_nb.client.set_default_client(magics._client)
     yield ip
-    magics = ip.magics_manager.registry["VydraMagics"]
-    if magics._sandbox is not None:
-        magics._sandbox.stop()
-    magics._sandbox = None
-    magics._client = None
+    end_vydra_session(ip)
     ip.run_line_magic("config", "VydraMagics.auto_download = True")
-    vydra_nb.client.set_default_client(None)
 
 
 def _plan() -> list[tuple[str, str, dict[str, Any]]]:
