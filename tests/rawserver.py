@@ -72,8 +72,13 @@ def raw_server(script: Callable[[Seen], Reply]) -> Iterator[RawServer]:
 
         do_GET = do_POST = do_DELETE = _handle
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            """A client that hangs up early (tests do, on purpose) is not worth a printed traceback."""
+
+    server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

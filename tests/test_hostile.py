@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import stat
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -378,6 +379,58 @@ def test_ten_megabyte_answers_are_handled_quickly() -> None:
         assert len(D.job_html(job)) < 10_000, "the display does not carry the server's junk"
         assert len(D.job_text(job)) < 10_000
     assert time.monotonic() - start < 20
+
+
+def test_answers_over_the_size_cap_are_refused_unread() -> None:
+    """A server could answer with gigabytes; past the cap the answer is neither read nor kept."""
+    big = {"data": [{"slug": "m", "description": "d" * 3_000_000, "creditsPerUnit": 1, "isActive": True}]}
+    with serve(lambda req: Reply(200, big)) as api:
+        client = client_for(api.url)
+        client._transport.max_response_bytes = 1_000_000
+        with pytest.raises(vydra_nb.ResponseError, match="larger than 1,000,000 bytes"):
+            client.models()
+    accepted = {"jobId": "job_big", "status": "pending", "creditsCharged": 175, "pad": "p" * 3_000_000}
+    with serve(lambda req: Reply(202, accepted)) as api:
+        client = client_for(api.url)
+        client._transport.max_response_bytes = 1_000_000
+        with pytest.raises(vydra_nb.OutcomeUnknownError):  # a 202 means a job may exist, and be charged
+            client._transport.send("POST", "/models/veo3", category="generate", json={"prompt": "p"},
+                                   idempotency_key="vydra-nb-test")
+        assert api.count("POST") == 1
+
+
+def test_an_answer_cut_short_is_a_typed_error_and_a_generation_is_not_resent() -> None:
+    """A body that ends before its Content-Length says is a broken connection, not a raw requests error."""
+    cut = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"data\": ["
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    posts = []
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            request = conn.recv(65536)
+            posts.append(request.startswith(b"POST"))
+            conn.sendall(cut)
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        client = client_for(f"http://127.0.0.1:{server.getsockname()[1]}/api/v1", max_retries=2)
+        with pytest.raises(vydra_nb.APIConnectionError) as info:
+            client.organization()
+        assert not isinstance(info.value, vydra_nb.OutcomeUnknownError) and "\n" not in str(info.value)
+        posts.clear()
+        with pytest.raises(vydra_nb.OutcomeUnknownError):
+            client._transport.send("POST", "/models/veo3", category="generate", json={"prompt": "p"},
+                                   idempotency_key="vydra-nb-test")
+        assert posts == [True], "a generation whose answer was cut short must not be sent again"
+    finally:
+        server.close()
 
 
 # -- output URLs ------------------------------------------------------------------------------

@@ -73,6 +73,20 @@ class Secret:
         raise TypeError("the API key cannot be pickled")
 
 
+# An API answer is a few kilobytes; a model list with thousands of models a few megabytes. Past this,
+# a server is broken or hostile, and reading on would only fill the kernel's memory.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+# Failures of the connection, while sending or while reading the answer (a body cut short raises
+# ChunkedEncodingError, which is not a ConnectionError): in either case what the server did is unknown.
+_BROKEN_TRANSFER = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
 class _BearerAuth(requests.auth.AuthBase):
     """Adds ``Authorization`` while requests prepares the request, so no frame of ours holds the key
     or the header in a local variable (traceback-locals displays print those)."""
@@ -110,6 +124,7 @@ class Transport:
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         max_rate_wait: float = 180.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         rate_limits: Mapping[str, Limit] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -123,6 +138,7 @@ class Transport:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_rate_wait = max_rate_wait
+        self.max_response_bytes = max_response_bytes
         self.limiter = RateLimiter(rate_limits)
         self._sleep = sleep
         self.session = requests.Session()
@@ -179,9 +195,10 @@ class Transport:
                 log.debug("%s %s (attempt %d)", method, path, attempt + 1)
                 resp = self.session.request(
                     method, url, headers=headers, params=params, json=json, auth=self._auth,
-                    timeout=self.timeout, allow_redirects=False,
+                    timeout=self.timeout, allow_redirects=False, stream=True,
                 )
-            except (requests.ConnectionError, requests.Timeout) as exc:
+                too_large = not _read_body(resp, self.max_response_bytes)
+            except _BROKEN_TRANSFER as exc:
                 window.settle(stamp)
                 never_sent = _never_sent(exc)
                 retryable = not generation or never_sent or self._may_replay(idempotency_key)
@@ -197,6 +214,11 @@ class Transport:
                 ) from None
 
             window.settle(stamp)
+            if too_large:
+                why = f"its answer was larger than {self.max_response_bytes:,} bytes"
+                if generation and resp.status_code < 300:
+                    raise self._outcome_unknown(path, idempotency_key, why)
+                raise ResponseError(f"The server at {self.base_url} sent an answer we refused to read: {why}.")
             self._observe_rate_headers(category, resp.headers)
             if generation and idempotency_key and resp.headers.get("Idempotency-Key") == idempotency_key:
                 self.honours_idempotency = True
@@ -403,3 +425,24 @@ def _scrub_body(body: Any, scrub: Callable[[str], str]) -> Any:
     if isinstance(body, (list, tuple)):
         return [_scrub_body(v, scrub) for v in body]
     return body
+
+
+def _read_body(resp: requests.Response, cap: int) -> bool:
+    """Read a streamed answer into ``resp`` (so ``.content``/``.json()`` work); False if over ``cap``.
+
+    A body over the cap is not read further and its connection is closed.
+    """
+    declared = resp.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > cap:
+        resp.close()
+        return False
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in resp.iter_content(chunk_size=64 * 1024):
+        total += len(chunk)
+        if total > cap:
+            resp.close()
+            return False
+        chunks.append(chunk)
+    resp._content = b"".join(chunks)  # what requests itself does when it reads a body
+    return True
