@@ -13,7 +13,9 @@ import matplotlib
 import pandas as pd
 import pytest
 
+import vydra_nb
 from vydra_nb import JobCancelledError, JobFailedError, NotFoundError, frames
+from vydra_nb.jobs import Job
 from vydra_nb.history import _UPSERT, History
 from vydra_nb.models import Model
 
@@ -156,7 +158,10 @@ def spent(client: Any) -> Any:
     ok.wait(timeout=30)
     image.wait(timeout=30)
     ok.download()
-    return client, {"ok": ok, "bad": bad, "stop": stop, "image": image}
+    # The session works on this sandbox, as after `%vydra sandbox`: summaries show its jobs.
+    vydra_nb.client.set_default_client(client)
+    yield client, {"ok": ok, "bad": bad, "stop": stop, "image": image}
+    vydra_nb.client.set_default_client(None)
 
 
 def test_jobs_df_from_real_jobs(spent: Any) -> None:
@@ -227,6 +232,27 @@ def test_spend_summary_from_real_jobs(spent: Any) -> None:
     assert frames.spend_summary("model", since="2099-01-01").empty
     with pytest.raises(ValueError, match="choose one of"):
         frames.spend_summary("month")
+
+
+def test_sandbox_spend_stays_out_of_a_real_spend_report(spent: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credits must never inflate what a user with a real key reports as spent."""
+    from vydra_nb.history import get_history
+
+    client, jobs = spent
+    real = Job(id="job_real_1", model="veo3", status="completed", credits_charged=175,
+               created_at=datetime.now(timezone.utc))
+    real.extra["backend"] = "vydra"
+    get_history().record(real)
+    assert frames.spend_summary("model")["jobs"].sum() == 4  # a sandbox session: its own jobs
+    assert frames.spend_summary("model", backend=None)["jobs"].sum() == 5
+    vydra_nb.client.set_default_client(None)  # a session on the real service
+    monkeypatch.delenv("VYDRA_BASE_URL", raising=False)
+    by_model = frames.spend_summary("model")
+    assert by_model["jobs"].to_dict() == {"veo3": 1} and by_model["net_credits"].sum() == 175
+    assert set(frames.jobs_df(backend="sandbox")["id"]) == {j.id for j in jobs.values()}
+    assert len(frames.jobs_df()) == 5  # the history itself keeps everything, with a backend column
+    with pytest.raises(ValueError, match="choose 'auto'"):
+        frames.jobs_df(backend="live")
 
 
 def test_spend_chart_and_styled(spent: Any, monkeypatch: pytest.MonkeyPatch) -> None:

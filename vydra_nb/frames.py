@@ -82,6 +82,28 @@ def _client_or_default(client: Any) -> Any:
     return default_client()
 
 
+def _session_backend() -> str:
+    """"sandbox" while this session works on a sandbox (``%vydra sandbox``, or a loopback
+    ``VYDRA_BASE_URL``), else "vydra": the backend whose spend a summary should show by default."""
+    import os
+
+    from . import client as client_module
+    from .config import ENV_BASE_URL, is_sandbox_url
+
+    session = client_module._default_client
+    if session is not None:
+        return session.backend
+    return "sandbox" if is_sandbox_url(os.environ.get(ENV_BASE_URL) or "https://x") else "vydra"
+
+
+def _backend_filter(backend: str | None) -> str | None:
+    if backend == "auto":
+        return _session_backend()
+    if backend not in (None, "sandbox", "vydra"):
+        raise ValueError(f"backend={backend!r}: choose 'auto', 'vydra', 'sandbox' or None (both).")
+    return backend
+
+
 @contextmanager
 def _history(history: History | str | PathLike[str] | None) -> Iterator[History]:
     """The store to read; one opened here from a path is closed again, not left to the GC."""
@@ -202,6 +224,7 @@ def jobs_df(
     usd_per_credit: float = USD_PER_CREDIT,
     parse_params: bool = False,
     session: str | None = None,
+    backend: str | None = None,
 ) -> pd.DataFrame:
     """Every recorded job, newest first, with typed columns ready for analysis.
 
@@ -231,6 +254,10 @@ def jobs_df(
         args.append(start)
     _in_clause("model", model, where, args)
     _in_clause("status", status, where, args)
+    backend = _backend_filter(backend)
+    if backend is not None:
+        where.append("backend = ?")
+        args.append(backend)
     if session is not None:
         from .history import SESSION_ID
 
@@ -339,6 +366,7 @@ def spend_summary(
     client: Any = None,
     usd_per_credit: float = USD_PER_CREDIT,
     jobs: pd.DataFrame | None = None,
+    backend: str | None = "auto",
 ) -> pd.DataFrame:
     """Where the credits went, grouped ``by`` model, day, week (from Monday), status or provider.
 
@@ -353,10 +381,15 @@ def spend_summary(
     them knows is "unknown". Nothing here makes a request you did not ask for.
     Pass ``jobs`` (a ``jobs_df()`` result, perhaps filtered) to summarise that instead of the store.
     Rows: models and providers by net credits (largest first), days and weeks in order.
+
+    ``backend="auto"`` summarises the backend this session uses: the real service's jobs, or, while
+    a sandbox is in use, the sandbox's, so fake credits never inflate a real spend report. Pass
+    ``"vydra"``, ``"sandbox"`` or ``None`` (both) to choose.
     """
     if by not in _SUMMARY_BY:
         raise ValueError(f"by={by!r}: choose one of {', '.join(_SUMMARY_BY)}.")
-    df = jobs if jobs is not None else jobs_df(since=since, history=history, usd_per_credit=usd_per_credit)
+    df = jobs if jobs is not None else jobs_df(since=since, history=history, usd_per_credit=usd_per_credit,
+                                               backend=backend)
     providers = _provider_map(models, client) if by == "provider" else {}
     key = _group_key(df, by, providers)
     finished = df["status"].isin([COMPLETED, FAILED])
@@ -553,20 +586,23 @@ def spend_chart(
     usd_per_credit: float = USD_PER_CREDIT,
     top: int = 8,
     jobs: pd.DataFrame | None = None,
+    backend: str | None = "auto",
 ) -> Any:
     """A bar chart of net dollars spent, for people who would rather look than read; returns the Axes.
 
     ``by="day"``/``"week"``: bars over time, stacked by model (the ``top`` biggest models, the
     rest as "other"), on a date axis so months of history stay readable. Other groupings
     (model, status, provider) are horizontal bars. ``jobs`` charts a ``jobs_df()`` result (perhaps
-    filtered) instead of the whole store. Needs matplotlib (``pip install vydra-nb[plot]``).
+    filtered) instead of the whole store. ``backend`` as in :func:`spend_summary`. Needs matplotlib
+    (``pip install vydra-nb[plot]``).
     """
     if by not in _SUMMARY_BY:
         raise ValueError(f"by={by!r}: choose one of {', '.join(_SUMMARY_BY)}.")
     plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4))
-    df = jobs if jobs is not None else jobs_df(since=since, history=history, usd_per_credit=usd_per_credit)
+    df = jobs if jobs is not None else jobs_df(since=since, history=history, usd_per_credit=usd_per_credit,
+                                               backend=backend)
     ax.set_ylabel("USD (net of refunds)" if by in ("day", "week") else "")
     if df.empty:
         ax.text(0.5, 0.5, "No jobs recorded yet", ha="center", va="center", transform=ax.transAxes)
