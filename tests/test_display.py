@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,17 @@ def test_text_view_prints_at_a_sensible_rate(shared_client) -> None:
 def test_progress_line_has_no_eta_before_rate(status: str) -> None:
     line = D.progress_line(_job(status))
     assert line.startswith(status) and "ETA" not in line
+
+
+def test_saved_paths_are_shown_relative_or_from_home(tmp_path: Any, monkeypatch: Any) -> None:
+    """A saved notebook must not carry the user's home folder or a temp path where it can be avoided."""
+    from pathlib import Path
+
+    from vydra_nb.display import shown_path
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert shown_path(tmp_path / "work" / "media" / "job_x.mp4") == "media/job_x.mp4"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert shown_path(tmp_path / "home" / "data" / "job_x.png") == "~/data/job_x.png"
+    assert shown_path(Path("/srv/other/job_x.wav")) == "/srv/other/job_x.wav"

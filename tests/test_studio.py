@@ -102,3 +102,11 @@ def test_optional_fields_left_alone_are_not_sent(st: Studio) -> None:
     st.fields["at"].value = 2.5
     assert st.params() == {"video_url": "https://example.com/v.mp4", "what": "frame", "at": 2.5}
     assert not st.submit.disabled
+
+
+def test_opens_on_a_model_that_takes_a_prompt_or_the_one_asked_for(client: Any) -> None:
+    first = Studio(client, tracker=Tracker())
+    assert first.model is not None and first.model.prompt_field  # not a form that needs a file URL first
+    assert first.model_picker.value == first.model.slug
+    chosen = studio(client, model="veo3")
+    assert chosen.model is not None and chosen.model.slug == "veo3" and chosen.model_picker.value == "veo3"

@@ -159,6 +159,19 @@ def _beside_notebook(local: Path | None) -> str | None:
     return quote(rel.as_posix())
 
 
+def shown_path(local: Any) -> str:
+    """A saved file's path as a person reads it: relative under the working folder, ``~/...`` under
+    the home folder, else absolute. Shorter, and a saved notebook does not carry the user's
+    home or user name."""
+    path = Path(local)
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + path.resolve().relative_to(base.resolve()).as_posix()
+        except (ValueError, OSError, RuntimeError):
+            continue
+    return str(path)
+
+
 def player_html(
     job: Job,
     *,
@@ -193,7 +206,7 @@ def player_html(
     if url:
         links.append(f'<a href="{esc(url)}" target="_blank" rel="noopener noreferrer">{esc(url)}</a>')
     if local is not None:
-        links.append(f"saved to <code>{esc(local)}</code>")
+        links.append(f"saved to <code>{esc(shown_path(local))}</code>")
     if links:
         parts.append(f'<div class="vydra-meta vydra-links">{" · ".join(links)}</div>')
     if not parts:
@@ -257,7 +270,7 @@ def job_text(job: Job) -> str:
         if media is not None:
             lines.append(f"url: {media.url}")
         if job.local_path is not None:
-            lines.append(f"file: {job.local_path}")
+            lines.append(f"file: {shown_path(job.local_path)}")
     elif job.status in (FAILED, CANCELLED):
         lines.append(f"refunded: {job.credits_refunded or 0} credits")
     else:
@@ -307,7 +320,7 @@ class TextJobView:
                     self._final_printed = True
                     self._emit(f"{prefix}: " + job_text(job).replace("\n", " | "))
                 elif job.local_path is not None and not self._path_printed:
-                    self._emit(f"{prefix}: saved to {job.local_path}")
+                    self._emit(f"{prefix}: saved to {shown_path(job.local_path)}")
                 self._path_printed = self._path_printed or job.local_path is not None
                 return
             bucket = (job.progress or 0) // self.step

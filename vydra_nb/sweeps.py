@@ -88,10 +88,31 @@ class Sweep:
         return (f"Sweep of {len(self.combinations)} {self.model.slug} jobs: {self.total_credits:,} credits "
                 f"(about ${self.total_usd:,.2f} at ${USD_PER_CREDIT}/credit)")
 
+    def state(self) -> str:
+        """"dry run", "declined", or how many were submitted and how they stand ("4 completed")."""
+        if self.dry_run:
+            return "dry run"
+        if self.declined:
+            return "declined"
+        counts: dict[str, int] = {}
+        for job in self.jobs:
+            counts[job.status] = counts.get(job.status, 0) + 1
+        standing = ", ".join(f"{n} {status}" for status, n in counts.items())
+        sent = f"{len(self.jobs)}/{len(self.combinations)} submitted"
+        return f"{sent}: {standing}" if standing else sent
+
     def __repr__(self) -> str:
-        state = "dry run" if self.dry_run else "declined" if self.declined else (
-            f"{len(self.jobs)}/{len(self.combinations)} submitted")
-        return f"<{self.summary()}; {state}>"
+        return f"<{self.summary()}; {self.state()}>"
+
+    def _repr_html_(self) -> str:
+        """The summary and a grid of every job as it stands, each as its own saved-notebook view
+        (players once completed), so a saved notebook shows the results without the widgets."""
+        from . import display as D
+
+        cards = "".join(f'<div style="min-width:0">{D.job_html(job)}</div>' for job in self.jobs)
+        grid = (f'<div class="vydra-sweep-grid" style="display:grid;gap:8px;'
+                f'grid-template-columns:repeat(auto-fill,minmax(300px,1fr))">{cards}</div>') if cards else ""
+        return f"<div><b>{D.esc(self.summary())}</b> · {D.esc(self.state())}</div>{grid}"
 
 
 def _as_values(value: Any) -> list[Any]:
@@ -181,7 +202,10 @@ def sweep(
         if in_kernel:
             from IPython.display import display
 
-            display(result.widget)
+            # The widget alone: its text fallback ("GridBox(...)") means nothing in a saved notebook;
+            # the Sweep itself renders the results as plain HTML.
+            bundle = result.widget._repr_mimebundle_() or {}
+            display({k: v for k, v in bundle.items() if k == "application/vnd.jupyter.widget-view+json"}, raw=True)
     if background is None:
         background = show and in_kernel
     if background:

@@ -434,8 +434,11 @@ def render_image(path, *, width: int, height: int, title: str, text: str) -> Non
     title, text = _text("title", title), _text("text", text)
     img = Image.fromarray(_gradient(width, height, title + "\n" + text))
     _draw_card(img, title, text, subtitle=f"vydra sandbox \u00b7 {width}x{height}")
+    # 64 colours: a fifth of the bytes (28 KB for 1024x1024), so notebooks that embed sandbox
+    # images stay small enough to commit.
+    img = img.quantize(64)
     with _atomic(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", optimize=True)
 
 
 # --------------------------------------------------------------------------- speech / WAV

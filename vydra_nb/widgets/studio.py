@@ -39,7 +39,8 @@ class Studio(W.VBox):
     (GridBox of cards), ``cards`` (list of ``(card, job, params, cost)``), ``jobs``.
     """
 
-    def __init__(self, client: Client | None = None, *, tracker: Tracker | None = None) -> None:
+    def __init__(self, client: Client | None = None, *, tracker: Tracker | None = None,
+                 model: str | None = None) -> None:
         self.client = client or default_client()
         self.tracker = tracker or get_tracker()
         self.models = sorted(
@@ -75,7 +76,21 @@ class Studio(W.VBox):
         self.add_class("vydra-studio")
         self.refresh_credits()
         if self.models:
-            self._build_form(self.models[0])
+            # Open on the model asked for, else the first that takes a prompt: the form is then
+            # one text box away from valid.
+            first = next((m for m in self.models if m.slug == model), None) or next(
+                (m for m in self.models if m.prompt_field), self.models[0])
+            self._build_form(first)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        """The widget, and a line for front ends without widgets (a saved notebook on GitHub), in
+        place of ipywidgets' ``Studio(children=(...))`` dump."""
+        data = super()._repr_mimebundle_(**kwargs)
+        if not data:
+            return data
+        slug = self.model.slug if self.model is not None else "no model"
+        text = f"Vydra studio on {slug}: run this notebook in Jupyter to use the form, the price and the gallery."
+        return {**{k: v for k, v in data.items() if k != "text/plain"}, "text/plain": text}
 
     # -- form -------------------------------------------------------------------------------
     def _on_model(self, change: dict[str, Any]) -> None:
@@ -267,6 +282,6 @@ class Studio(W.VBox):
         self.update_state()
 
 
-def studio(client: Client | None = None) -> Studio:
-    """The prompt-iteration widget for ``client`` (default: the session's client)."""
-    return Studio(client)
+def studio(client: Client | None = None, model: str | None = None) -> Studio:
+    """The prompt-iteration widget for ``client`` (default: the session's client), open on ``model``."""
+    return Studio(client, model=model)
