@@ -66,6 +66,10 @@ def test_submits_all_paced_without_429(client: Any, monkeypatch: pytest.MonkeyPa
     df = s.dataframe()
     assert set(df["status"]) == {"completed"} and df["credits_charged"].sum() == 96
     assert df["url"].str.startswith("http://127.0.0.1").all()
+    assert str(df["credits_charged"].dtype) == str(df["credits_refunded"].dtype) == "Int64"
+    assert repr(s).endswith("12/12 submitted: 12 completed>")
+    html = s._repr_html_()  # what a saved notebook shows: every result, as plain HTML
+    assert html.count("<img") == 12 and "12 completed" in html
 
 
 def test_submission_error_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:

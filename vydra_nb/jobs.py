@@ -352,7 +352,7 @@ class Job:
                 if left <= 0:
                     raise JobTimeoutError(
                         f"Job {self.id} is still {self.status} after {timeout:g} s; it goes on. "
-                        f"Wait again, or cancel it with `%vydra cancel {self.id}`."
+                        f"Wait again, or cancel it: job.cancel() (or `%vydra cancel {self.id}` in a notebook)."
                     )
                 delay = min(delay, left)
             time.sleep(delay)

@@ -82,7 +82,11 @@ class Sweep:
             else:
                 row.update({"job_id": None, "status": "not submitted"})
             rows.append(row)
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        for column in ("estimated_credits", "progress", "credits_charged", "credits_refunded"):
+            if column in frame:  # whole numbers with gaps: nullable integers, as in jobs_df()
+                frame[column] = frame[column].astype("Int64")
+        return frame
 
     def summary(self) -> str:
         return (f"Sweep of {len(self.combinations)} {self.model.slug} jobs: {self.total_credits:,} credits "
