@@ -46,6 +46,8 @@ def test_unknown_model_names_close_matches(client: vydra_nb.Client) -> None:
         client.model("veo")
     assert "veo3" in info.value.suggestions
     assert "veo3" in str(info.value)
+    inactive = {m.slug for m in client.models() if not m.is_active}
+    assert inactive and not inactive & set(info.value.suggestions)  # never suggest what would be refused
 
 
 def test_grok_price_depends_on_mode(client: vydra_nb.Client) -> None:

@@ -318,3 +318,206 @@ def test_login_resumes_jobs_left_unfinished_by_an_earlier_session(monkeypatch: p
         finally:
             shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
             end_vydra_session(shell)
+
+
+# -- the new-user review ------------------------------------------------------------------------
+def _error_of(shell: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run a cell as a user would; the one line IPython shows for its UsageError."""
+    capsys.readouterr()
+    result = shell.run_cell(cell, store_history=False)
+    shown = capsys.readouterr()
+    text = (shown.out + shown.err).strip()
+    assert isinstance(result.error_in_exec, UsageError), text[:500]
+    assert "\n" not in text, text[:500]
+    return str(result.error_in_exec)
+
+
+def test_line_commands_expand_variables_like_other_magics(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    """`%vydra job {clip.id}` and `%vydra cancel $jid` find the job; `generate` and cells stay as typed."""
+    clip = ip.run_line_magic("vydra", "generate kling-motion-control --image-url https://e.com/a.png --video-url https://e.com/b.mp4")
+    ip.user_ns.update(clip=clip, jid=clip.id)
+    result = ip.run_cell("%vydra cancel $jid", store_history=False)
+    assert result.error_in_exec is None, result.error_in_exec
+    assert "350 credits refunded" in capsys.readouterr().out
+    result = ip.run_cell("shown = %vydra job {clip.id}", store_history=False)
+    assert result.error_in_exec is None, result.error_in_exec
+    assert ip.user_ns["shown"].id == clip.id and ip.user_ns["shown"].status == "cancelled"
+    # Inside a function, the function's own variables are seen, as IPython does for %time.
+    result = ip.run_cell("def lookup(j):\n    got = %vydra job {j.id}\n    return got\nfound = lookup(clip)", store_history=False)
+    assert result.error_in_exec is None, result.error_in_exec
+    assert ip.user_ns["found"].id == clip.id
+    ip.user_ns["count"] = 2
+    jobs = ip.run_cell("%vydra jobs --limit $count", store_history=False).result
+    assert len(jobs) <= 2
+    # Prompts are ours to fill: `{name}` in a cell is interpolated once, by us, and `$` is kept.
+    ip.user_ns["animal"] = "heron"
+    job = ip.run_cell_magic("vydra", "elevenlabs-tts -o said", "A {animal} costs $5")
+    assert job.params["text"] == "A heron costs $5"
+    # generate's line is passed on unexpanded: a literal `{x}` in a value stays as typed.
+    ip.user_ns["x"] = "https://e.com/replaced.png"
+    out = ip.run_cell("%vydra generate video-extract --video-url https://e.com/v{x}.mp4 --dry-run", store_history=False)
+    assert out.error_in_exec is None, out.error_in_exec
+    assert "https://e.com/v{x}.mp4" in capsys.readouterr().out
+
+
+def test_job_not_found_names_the_id_and_the_server(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    url = magics_of(ip).client.base_url
+    for command in ("job", "cancel"):
+        message = _error_of(ip, f"%vydra {command} job_nothere", capsys)
+        assert message == f"Job 'job_nothere' not found on {url}.", message
+
+
+def test_the_body_fills_only_a_prompt_like_field(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    """Whisper's optional `language` string is not a prompt: the body is refused, not put there."""
+    message = _error_of(ip, "%%vydra whisper --audio-url https://e.com/a.mp3 --dry-run\nen-GB please", capsys)
+    assert "whisper takes no text prompt" in message
+    ip.run_line_magic("vydra", "help whisper")
+    assert "the cell body fills" not in capsys.readouterr().out
+
+    def model(props: dict[str, Any], required: list[str] | None = None) -> Model:
+        return Model.from_api({"slug": "m", "inputSchema": {"type": "object", "properties": props, "required": required or []}})
+
+    s = {"type": "string"}
+    assert model({"language": s, "voice_id": s, "description": s}).prompt_field is None
+    assert model({"language": s, "text": s}).prompt_field == "text"
+    assert model({"negative_prompt": s, "prompt": s}).prompt_field == "prompt"
+    assert model({"style": s, "customPrompt": s}).prompt_field == "customPrompt"
+    assert model({"input_text": s}).prompt_field == "input_text"
+    assert model({"script": s, "music_prompt": s}).prompt_field == "music_prompt"
+    assert model({"image_prompt": {**s, "format": "uri"}}).prompt_field is None
+    assert model({"prompt": {**s, "enum": ["a", "b"]}}).prompt_field is None
+
+
+def test_help_and_range_errors_say_one_sided_bounds(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("vydra", "help video-trim")
+    text = capsys.readouterr().out
+    assert "None" not in text and "number; >= 0; required" in text
+    message = _error_of(ip, "%vydra generate video-trim --video-url https://e.com/v.mp4 --start -1 --end 2", capsys)
+    assert message == "--start must be >= 0 (got -1).", message
+    ip.run_line_magic("vydra", "help kling-motion-control")
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "--no-keep-original-sound" in ln)
+    assert "--no-keep-original-sound  boolean" in line, line
+    # The schema check (the Python API's path) words it the same way.
+    trim = magics_of(ip).client.model("video-trim")
+    with pytest.raises(vydra_nb.ValidationError, match=r"start must be >= 0 \(got -1\)"):
+        trim.validate({"video_url": "https://e.com/v.mp4", "start": -1, "end": 2})
+
+
+def test_line_command_options_are_worded_plainly(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _error_of(ip, "%vydra credits extra", capsys) == "`%vydra credits` takes no options (got 'extra')."
+    assert "--limit needs a whole number, not 'x'" in _error_of(ip, "%vydra jobs --limit x", capsys)
+    assert "--speed needs a number, not 'abc'" in _error_of(ip, "%vydra sandbox --speed abc", capsys)
+    assert "--limit needs a whole number of at least 1" in _error_of(ip, "%vydra jobs --limit -1", capsys)
+
+
+def test_placeholders_say_what_is_wrong(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.user_ns.update(x={"a": 1}, style="noir")
+    message = _error_of(ip, "%%vydra veo3 --dry-run\nA {x['a']} film", capsys)
+    assert "key \"'a'\"" in message and "without quotes, as in {x[a]}" in message, message
+    assert "KeyError" not in message
+    message = _error_of(ip, "%%vydra veo3 --dry-run\nA {style.upper()} film", capsys)
+    assert "Placeholders take a variable, attribute or index, not calls" in message, message
+    assert "AttributeError" not in message
+    assert "key 'nope'" in _error_of(ip, "%%vydra veo3 --dry-run\nA {x[nope]} film", capsys)
+
+
+def test_boolean_flags_take_no_value_and_generic_flags_are_not_offered(ip: InteractiveShell,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    line = "%vydra generate kling-motion-control --image-url https://e.com/a.png --video-url https://e.com/b.mp4"
+    message = _error_of(ip, f"{line} --keep-original-sound yes", capsys)
+    assert message == ("--keep-original-sound takes no value (got 'yes'); use --keep-original-sound or "
+                       "--no-keep-original-sound."), message
+    message = _error_of(ip, "%vydra generate veo3 wait", capsys)
+    assert "--wait" not in message and "Did you mean" not in message, message
+    assert "Did you mean --yes" not in _error_of(ip, "%vydra generate veo3 --aspect-ratio 9:16 yes", capsys)
+
+
+def test_repeated_flags_accumulate_arrays_and_refuse_conflicts(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("vydra", "generate video-compose --video-urls https://e.com/1.mp4 "
+                               "--video-urls https://e.com/2.mp4,https://e.com/3.mp4 --dry-run")
+    text = capsys.readouterr().out
+    body = json.loads(text[text.index("{"): text.rindex("}") + 1])
+    assert body == {"video_urls": ["https://e.com/1.mp4", "https://e.com/2.mp4", "https://e.com/3.mp4"]}
+    message = _error_of(ip, "%%vydra veo3 --aspect-ratio 16:9 --aspect-ratio 9:16 --dry-run\na lake", capsys)
+    assert message.startswith("--aspect-ratio is given twice with different values ('16:9' and '9:16')"), message
+    ip.run_cell_magic("vydra", "veo3 --aspect-ratio 9:16 --aspect-ratio=9:16 --dry-run", "the same twice is fine")
+    assert '"aspect_ratio": "9:16"' in capsys.readouterr().out
+
+
+def test_jobs_status_and_models_provider_are_checked(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    message = _error_of(ip, "%vydra jobs --status done", capsys)
+    assert message == ("--status must be one of pending, processing, running, completed, failed, cancelled "
+                       "(got 'done')."), message
+    job = ip.run_cell_magic("vydra", "elevenlabs-tts --wait", "finished")
+    assert job.id in set(ip.run_line_magic("vydra", "jobs --status completed")["id"])
+    assert job.id not in set(ip.run_line_magic("vydra", "jobs --status processing")["id"])
+    message = _error_of(ip, "%vydra models --provider kie", capsys)
+    assert message == "No models from provider 'kie'; providers: elevenlabs, fal-ai, kie-ai, vydra, xai.", message
+    assert set(ip.run_line_magic("vydra", "models --provider kie-ai")["provider"]) == {"kie-ai"}
+
+
+def test_a_sweep_never_pays_twice_for_the_same_value(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    client = magics_of(ip).client
+    client.models()
+    sent = client.requests_sent
+    message = _error_of(ip, "%%vydra nano-banana --aspect-ratio 1:1,16:9,1:1 --yes\na pear", capsys)
+    assert message == "--aspect-ratio lists 1:1 twice; each value of a sweep is a separate paid job, so give it once."
+    assert client.requests_sent == sent and balance(ip) == 5000
+
+
+def test_sandbox_stop_when_none_runs(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("vydra", "sandbox --stop")
+    assert "Sandbox stopped" in capsys.readouterr().out
+    ip.run_line_magic("vydra", "sandbox --stop")
+    assert capsys.readouterr().out.strip() == "No sandbox is running; nothing changed."
+
+
+def test_unknown_model_suggests_active_models_only(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    message = _error_of(ip, "%%vydra veo --dry-run\na lake", capsys)
+    assert "Did you mean veo3" in message and "veo2" not in message, message
+    assert "veo2" not in _error_of(ip, "%vydra help veo", capsys)
+
+
+def test_dry_run_says_what_the_real_run_would_do(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_cell_magic("vydra", "veo3 --dry-run --max-credits 100", "a lake")
+    text = capsys.readouterr().out
+    assert "Warning: the real run would be refused: 175 credits is above --max-credits 100." in text
+    ip.run_cell_magic("vydra", "veo3 --dry-run --max-credits 200", "a lake")
+    assert "Warning" not in capsys.readouterr().out
+    ip.run_line_magic("config", "VydraMagics.confirm_above = 100")
+    try:
+        ip.run_cell_magic("vydra", "veo3 --dry-run", "a lake")
+        assert ("Note: the real run would ask before submitting: 175 credits is above "
+                "VydraMagics.confirm_above=100") in capsys.readouterr().out
+        ip.run_cell_magic("vydra", "veo3 --dry-run --yes", "a lake")
+        assert "Note" not in capsys.readouterr().out
+    finally:
+        ip.run_line_magic("config", "VydraMagics.confirm_above = 1000")
+    assert balance(ip) == 5000
+
+
+def test_resume_matches_host_and_port(ip: InteractiveShell) -> None:
+    """Every sandbox is 127.0.0.1: only the port tells this one's jobs from those of one long gone."""
+    from vydra_nb.history import get_history
+
+    magics = magics_of(ip)
+    url = magics.client.base_url
+    with vydra_nb.sandbox.start(credits=1000, speed=1) as gone:  # slow: its job stays unfinished
+        other = vydra_nb.Client(api_key=gone.api_key, base_url=gone.url)
+        stale = other.generate("veo3", prompt="a sandbox that will be gone")
+        other.close()
+    with get_history()._tx() as conn:  # a row written before ports were recorded
+        conn.execute("INSERT INTO jobs (id, status, updated_at, host) VALUES ('job_old', 'running', 0, '127.0.0.1')")
+    assert magics.resume() == 0, "jobs of other (gone) sandboxes must not be tracked again"
+    row = get_history().get(stale.id)
+    port = url.split("//")[1].split("/")[0].split(":")[1]
+    assert row["status"] in ("pending", "running") and row["host"] == f"127.0.0.1:{gone.url.split(':')[2].split('/')[0]}"
+    assert row["host"] != f"127.0.0.1:{port}"
+
+    from vydra_nb.history import host_key, host_matches
+
+    assert host_key(url) == f"127.0.0.1:{port}" and host_matches(host_key(url), url)
+    assert host_key("https://www.vydra.ai/api/v1") == "www.vydra.ai"
+    assert host_key("https://api.example.com:8443/v1") == "api.example.com:8443"
+    assert host_matches("www.vydra.ai", "https://www.vydra.ai/api/v1")  # old rows of the real service still resume
+    assert not host_matches("127.0.0.1", url)

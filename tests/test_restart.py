@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import pytest
@@ -117,7 +118,8 @@ def test_killed_kernel_loses_no_job(tmp_path: Path, slow_sandbox: sandbox_mod.Sa
         assert set(rows) == set(ids), "every accepted job is in the history before the cell returns"
         still_running = [r["status"] for r in rows.values() if r["status"] not in TERMINAL]
         assert len(still_running) == 3, f"the jobs must still be running when the kernel dies: {rows}"
-        assert all(r["host"] == "127.0.0.1" and r["credits_charged"] == PRICE for r in rows.values())
+        host = f"127.0.0.1:{urlsplit(slow_sandbox.url).port}"
+        assert all(r["host"] == host and r["credits_charged"] == PRICE for r in rows.values())
     except BaseException:
         first.shutdown()
         raise

@@ -193,7 +193,7 @@ class Client:
         for m in models:
             if m.slug == slug:
                 return m
-        slugs = [m.slug for m in models]
+        slugs = [m.slug for m in models if m.is_active]  # an inactive model would only be refused next
         close = difflib.get_close_matches(slug, slugs, n=3, cutoff=0.4)
         close += [s for s in slugs if slug and slug.lower() in s.lower() and s not in close][:3]
         hint = f" Did you mean {', '.join(close[:3])}?" if close else ""

@@ -3,7 +3,8 @@
 The flags of a cell come from the model's ``inputSchema``: ``aspect_ratio`` (or ``aspectRatio``)
 is ``--aspect-ratio``, values are converted to the schema's type, booleans get ``--x/--no-x`` and
 enums are checked. A comma-separated value for an enum, integer or number parameter asks for a
-sweep over those values. Parsing is kept apart from acting on it so it can be tested on its own,
+sweep over those values (each once: every value is a paid job). Repeating an array parameter's flag
+adds to its list; repeating any other flag with a different value is a mistake, not "the last wins". Parsing is kept apart from acting on it so it can be tested on its own,
 and every mistake is a ``UsageError`` with one line that says what to do.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from .models import Model, Parameter, is_http_url
+from .models import Model, Parameter, bounds_text, is_http_url
 
 # Flags every cell understands, besides the model's own.
 GENERIC_FLAGS = {
@@ -145,7 +146,7 @@ def _convert(param: Parameter, raw: str, prop: Mapping[str, Any] | None = None) 
         raise UsageError(f"{param.flag} must be one of {allowed} (got {shown(raw)}).")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if param.minimum is not None and value < param.minimum or param.maximum is not None and value > param.maximum:
-            raise UsageError(f"{param.flag} must be between {param.minimum} and {param.maximum} (got {shown(raw)[1:-1]}).")
+            raise UsageError(f"{param.flag} must be {bounds_text(param.minimum, param.maximum)} (got {shown(raw)[1:-1]}).")
     items = prop.get("items") if isinstance(prop.get("items"), dict) else {}
     if "uri" in (prop.get("format"), items.get("format")):
         for item in value if isinstance(value, list) else [value]:
@@ -178,8 +179,24 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
         if p.type == "boolean":
             params_by_flag["--no-" + p.flag[2:]] = (p, False)
     it = iter(tokens[1:])
+    given: dict[str, tuple[str, Any]] = {}  # what each parameter (or generic option) was given, as typed
+
+    def once(key: str, shown_as: str, value: Any, param: Parameter | None = None) -> None:
+        """A flag given twice must agree with itself: which one should win is anybody's guess."""
+        before = given.setdefault(key, (shown_as, value))
+        if before[1] != value:
+            hint = " (a comma-separated list sweeps over several values)" if param and _sweepable(param) else ""
+            raise UsageError(f"{param.flag if param else key} is given twice with different values "
+                             f"({before[0]} and {shown_as}); give it once{hint}.")
+
+    bare_boolean: tuple[str, Parameter] | None = None  # a boolean flag just before, given without a value
     for token in it:
         flag, eq, inline = token.partition("=")
+        after_boolean, bare_boolean = bare_boolean, None
+        if after_boolean and not token.startswith("-") and token.strip() and not any(c.isspace() for c in token):
+            typed, boolean = after_boolean
+            yes_flag, no_flag = flag_names(boolean)
+            raise UsageError(f"{typed} takes no value (got {shown(token)}); use {yes_flag} or {no_flag}.")
 
         def value() -> str:
             if eq:
@@ -193,6 +210,7 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
             name = value()
             if not name.isidentifier():
                 raise UsageError(f"-o needs a Python variable name, not {shown(name)}.")
+            once("-o", shown(name), name)
             cmd.output_var = name
         elif flag == "--wait":
             cmd.wait = True
@@ -212,6 +230,7 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
                     raise ValueError
             except ValueError:
                 raise UsageError(f"{flag} needs a non-negative number, not {shown(raw)}.") from None
+            once(flag, shown(raw), number)
             if flag == "--max-credits":
                 cmd.max_credits = int(number)
             else:
@@ -219,18 +238,28 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
         elif flag in params_by_flag:
             param, positive = params_by_flag[flag]
             if param.type == "boolean" and not eq:
+                once(param.name, flag, positive, param)
                 cmd.params[param.name] = positive
+                bare_boolean = (flag, param)
                 continue
             raw = value()
             prop = _schema_of(model, param)
+            if param.type == "array":  # repeating an array flag adds to the list
+                items = _convert(param, raw, prop)
+                cmd.params[param.name] = [*cmd.params.get(param.name, []), *items]
+                continue
             if "," in raw and _sweepable(param):
                 values = [_convert(param, part.strip(), prop) for part in raw.split(",") if part.strip()]
                 if len(values) > 1:
+                    _refuse_duplicates(param, values)
+                    once(param.name, shown(raw), values, param)
                     cmd.grid[param.name] = values
                     cmd.params.pop(param.name, None)
                     continue
                 raw = raw.strip(", ")
-            cmd.params[param.name] = _convert(param, raw, prop)
+            converted = _convert(param, raw, prop)
+            once(param.name, shown(raw), converted, param)
+            cmd.params[param.name] = converted
             cmd.grid.pop(param.name, None)
         else:
             raise UsageError(_unknown_flag(token, model))
@@ -248,18 +277,31 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
     return cmd
 
 
+def _refuse_duplicates(param: Parameter, values: list[Any]) -> None:
+    """Each value of a sweep is a separate paid job: the same value twice pays twice for one result."""
+    seen: list[Any] = []
+    for v in values:
+        if any(v == s and type(v) is type(s) for s in seen):
+            raise UsageError(f"{param.flag} lists {v} twice; each value of a sweep is a separate paid job, so give it once.")
+        seen.append(v)
+
+
 def flag_of(model: Model, name: str) -> str:
     param = model.parameter(name)
     return param.flag if param else name
 
 
 def _unknown_flag(token: str, model: Model) -> str:
-    known = [f for p in model.parameters for f in flag_names(p)] + list(GENERIC_FLAGS)
+    model_flags = [f for p in model.parameters for f in flag_names(p)]
     name = token.split("=")[0]
-    close = difflib.get_close_matches(name, known, n=1) if len(name) <= 100 else []
-    hint = f" Did you mean {close[0]}?" if close else ""
     if not token.startswith("-"):
+        # A word without dashes may be a model flag whose dashes were forgotten ("aspect-ratio");
+        # it is never offered a generic flag: "yes" is a value, not a request for --yes.
+        close = difflib.get_close_matches("--" + name, model_flags, n=1, cutoff=0.8) if len(name) <= 100 else []
+        hint = f" Did you mean {close[0]}?" if close else ""
         return f"Unexpected {shown(token)}: the prompt goes in the cell body, flags look like --name value.{hint}"
+    close = difflib.get_close_matches(name, model_flags + list(GENERIC_FLAGS), n=1) if len(name) <= 100 else []
+    hint = f" Did you mean {close[0]}?" if close else ""
     return f"{model.slug} has no flag {shown(name)[1:-1]}.{hint} See `%vydra help {model.slug}`."
 
 
@@ -280,15 +322,40 @@ def interpolate(body: str, namespace: Mapping[str, Any]) -> str:
         if not root.isidentifier():  # "{}", "{0}", "{ x }", "{a\nb}": not a variable, maybe a stray brace
             raise UsageError(f"Placeholders in a prompt need a variable name, like {{subject}}, not {shown('{' + name + '}')}; "
                              "write {{ for a brace.")
+        if "(" in name:
+            raise UsageError(f"Placeholders take a variable, attribute or index, not calls: {shown('{' + name + '}')}; "
+                             "compute the value into a variable first.")
         if root not in namespace:
             missing.append(root)
     if missing:
         names = one_line(", ".join(dict.fromkeys(missing)), 120)
         raise UsageError(f"The prompt uses undefined variable(s): {names}. Define them, or write {{{{ for a literal brace.")
+    for name in fields:
+        _check_lookup(formatter, name, namespace)
     try:
         return formatter.vformat(body, (), namespace)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"Could not fill the prompt's placeholders: {type(exc).__name__}: {one_line(str(exc))}") from None
+
+
+def _check_lookup(formatter: string.Formatter, name: str, namespace: Mapping[str, Any]) -> None:
+    """Look one placeholder up, and say plainly which key, index or attribute is not there."""
+    where = shown("{" + name + "}")
+    try:
+        formatter.get_field(name, (), namespace)
+    except KeyError as exc:
+        key = exc.args[0] if exc.args else "?"
+        quoted = isinstance(key, str) and len(key) >= 2 and key[0] == key[-1] and key[0] in "'\""
+        hint = f"; write keys without quotes, as in {{{name.split('[')[0]}[{key[1:-1]}]}}" if quoted else ""
+        raise UsageError(one_line(f"The placeholder {where} looks up key {shown(key, 40)}, which is not there{hint}.")) from None
+    except IndexError:
+        raise UsageError(f"The placeholder {where} looks up an index that is out of range.") from None
+    except AttributeError as exc:
+        attr = getattr(exc, "name", None)
+        what = f"attribute {shown(attr, 40)}" if attr else "an attribute"
+        raise UsageError(f"The placeholder {where} looks up {what}, which is not there.") from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"Could not fill the placeholder {where}: {one_line(str(exc), 100)}.") from None
 
 
 def request_bodies(cmd: CellCommand, model: Model) -> list[dict[str, Any]]:

@@ -7,12 +7,13 @@ mistakes (a bad flag, an unknown model, a 402) become one-line ``UsageError``s; 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shlex
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import StdinNotImplementedError, UsageError
@@ -45,6 +46,19 @@ COMMANDS = {
     "studio": "                         the prompt-iteration widget",
     "help": "[MODEL]                   commands, or a model's parameters and price",
 }
+
+# Line commands whose arguments are ids and plain options: ``{expr}`` and ``$var`` in them are
+# expanded from the user's variables, as IPython does for other line magics. ``generate`` (a cell
+# line without a body) and ``%%vydra`` lines are left alone: prompts use our own ``{name}`` filling.
+EXPANDED_COMMANDS = frozenset({"job", "cancel", "jobs", "models", "credits", "sandbox", "help"})
+
+# The statuses `%vydra jobs --status` accepts; "processing" is how some servers say "running",
+# and the history stores it as "running".
+JOB_STATUSES = {"pending": "pending", "processing": "running", "running": "running",
+                "completed": "completed", "failed": "failed", "cancelled": "cancelled"}
+
+# What the option parser calls each type in its messages, as the cell flags do.
+_KIND_WORDS = {int: "a whole number", float: "a number", str: "a value"}
 
 
 def _dollars(credits: int | None) -> str:
@@ -157,7 +171,7 @@ class VydraMagics(Magics):
         prices = [model.price(b) for b in bodies]
         total = None if any(p is None for p in prices) else sum(p for p in prices if p is not None)
         if cmd.dry_run:
-            return self._dry_run(model, bodies, total)
+            return self._dry_run(model, bodies, total, cmd)
         if cmd.max_credits is not None:
             if total is None:
                 raise UsageError(f"The price of {slug} is not known, so --max-credits {cmd.max_credits} cannot be checked.")
@@ -186,7 +200,7 @@ class VydraMagics(Magics):
                 job.extra["_shown"] = True
         return job
 
-    def _dry_run(self, model: Model, bodies: list[dict[str, Any]], total: int | None) -> None:
+    def _dry_run(self, model: Model, bodies: list[dict[str, Any]], total: int | None, cmd: Any = None) -> None:
         import json
 
         label = " · SANDBOX" if self.client.is_sandbox else ""
@@ -200,6 +214,16 @@ class VydraMagics(Magics):
         else:
             cost = f"{shown} credits ({_dollars(total)}) {unit}"
         print(f"Cost: {cost}. Nothing was sent (--dry-run).")
+        # What the same cell without --dry-run would do: a dry run that says nothing of a refusal
+        # to come is taken for a green light.
+        max_credits = cmd.max_credits if cmd is not None else None
+        if max_credits is not None and total is None:
+            print(f"Warning: the price is not known, so the real run would be refused by --max-credits {max_credits}.")
+        elif max_credits is not None and total is not None and total > max_credits:
+            print(f"Warning: the real run would be refused: {total} credits is above --max-credits {max_credits}.")
+        elif total is not None and self.confirm_above and total > self.confirm_above and not (cmd and cmd.yes):
+            print(f"Note: the real run would ask before submitting: {total} credits is above "
+                  f"VydraMagics.confirm_above={self.confirm_above} (--yes skips the question).")
 
     def _confirm(self, total: int, count: int) -> None:
         if not self.confirm_above or total <= self.confirm_above:
@@ -266,6 +290,8 @@ class VydraMagics(Magics):
         tokens = split_line(line)
         if not tokens:
             return self._help([])
+        if tokens[0] in EXPANDED_COMMANDS and ("$" in line or "{" in line):
+            tokens = split_line(self._expand(line))
         command, args = tokens[0], tokens[1:]
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
@@ -275,6 +301,28 @@ class VydraMagics(Magics):
             hint = f" Did you mean `%vydra {close[0]}`?" if close else ""
             raise UsageError(f"Unknown command {command!r}.{hint} Try `%vydra help`.")
         return handler(args)
+
+    def _expand(self, line: str) -> str:
+        """``{expr}`` and ``$var`` expanded by IPython's own ``var_expand``, in the user's frame.
+
+        The line magic opts out of IPython's expansion (``@no_var_expand``) so that a ``generate``
+        line reaches us as typed; for the commands that take ids this does what IPython would
+        have done. ``var_expand`` reads the local variables of the frame ``depth`` levels above
+        its caller: IPython passes its own distance to the user's frame (``_stack_depth``) from
+        ``run_line_magic``, so we add how far below ``run_line_magic`` this method runs (a
+        ``%vydra`` line inside a function sees that function's variables, as ``%time`` would).
+        Called other than through ``run_line_magic``, only the user namespace is used.
+        """
+        from IPython.core.interactiveshell import InteractiveShell
+
+        target = InteractiveShell.run_line_magic.__code__
+        frame, depth = sys._getframe(0), 0
+        while frame is not None and frame.f_code is not target:
+            frame, depth = frame.f_back, depth + 1
+        if frame is None:  # deeper than the stack: var_expand falls back on the user namespace
+            return self.shell.var_expand(line, depth + 1)
+        stack_depth = frame.f_locals.get("_stack_depth", 1)
+        return self.shell.var_expand(line, depth + (stack_depth if isinstance(stack_depth, int) else 1))
 
     def _cmd_generate(self, args: list[str]) -> Any:
         """``%vydra generate MODEL [flags]``: a cell with no body, for models that take no prompt."""
@@ -302,30 +350,44 @@ class VydraMagics(Magics):
         print(f"  provider {model.provider}; price: {price} per {model.pricing_unit or 'request'}")
         if model.prompt_field:
             print(f"  the cell body fills `{model.prompt_field}`")
-        for p in model.parameters:
+        from .models import bounds_text
+
+        params = model.parameters
+        # Long flags (--keep-original-sound/--no-keep-original-sound) widen the column: the two
+        # columns never run together.
+        width = max([28, *(len("/".join(flag_names(p))) + 2 for p in params)])
+        for p in params:
             bits = [p.type or "any"]
             if p.enum:
                 bits.append("one of " + ", ".join(map(str, p.enum)))
-            if p.minimum is not None or p.maximum is not None:
+            if p.minimum is not None and p.maximum is not None:
                 bits.append(f"{p.minimum}..{p.maximum}")
+            elif p.minimum is not None or p.maximum is not None:
+                bits.append(bounds_text(p.minimum, p.maximum) or "")
             if p.default is not None:
                 bits.append(f"default {p.default}")
             if p.required:
                 bits.append("required")
             flags = "/".join(flag_names(p))
-            print(f"    {flags:<28}{'; '.join(bits)}" + (f" — {p.description}" if p.description else ""))
+            print(f"    {flags:<{width}}{'; '.join(bits)}" + (f" — {p.description}" if p.description else ""))
 
-    def _opts(self, args: list[str], spec: dict[str, type]) -> dict[str, Any]:
+    def _opts(self, args: list[str], spec: dict[str, type], command: str = "") -> dict[str, Any]:
         """Tiny option parser: ``--name value`` for typed options, ``--flag`` for booleans."""
+        from .magic_args import shown
+
         out: dict[str, Any] = {}
         it = iter(args)
         for token in it:
             name, eq, inline = token.partition("=")
             if name not in spec:
-                raise UsageError(f"Unknown option {token!r}; options: {', '.join(spec)}.")
+                if not spec:
+                    raise UsageError(f"`%vydra {command}` takes no options (got {shown(token)}).")
+                raise UsageError(f"Unknown option {shown(token)} for `%vydra {command}`; options: {', '.join(spec)}.")
             kind = spec[name]
             key = name.lstrip("-").replace("-", "_")
             if kind is bool:
+                if eq:
+                    raise UsageError(f"{name} takes no value (got {shown(inline)}).")
                 out[key] = True
                 continue
             raw = inline if eq else next(it, None)
@@ -334,19 +396,29 @@ class VydraMagics(Magics):
             try:
                 out[key] = kind(raw)
             except ValueError:
-                raise UsageError(f"{name} needs {kind.__name__}, not {raw!r}.") from None
+                raise UsageError(f"{name} needs {_KIND_WORDS.get(kind, kind.__name__)}, not {shown(raw)}.") from None
         return out
 
     def _cmd_models(self, args: list[str]) -> Any:
         from .frames import models_df
+        from .magic_args import shown
 
-        opts = self._opts(args, {"--provider": str, "--all": bool})
-        return models_df(provider=opts.get("provider"), active_only=not opts.get("all"), client=self.client)
+        opts = self._opts(args, {"--provider": str, "--all": bool}, "models")
+        provider, active_only = opts.get("provider"), not opts.get("all")
+        if provider is not None:
+            every = self.client.models()
+            matching = [m for m in every if m.provider == provider]
+            if not matching:
+                providers = ", ".join(sorted({m.provider for m in every if m.provider})) or "none"
+                raise UsageError(f"No models from provider {shown(provider)}; providers: {providers}.")
+            if active_only and not any(m.is_active for m in matching):
+                raise UsageError(f"Provider {shown(provider)} has no active models; add --all to see its inactive ones.")
+        return models_df(provider=provider, active_only=active_only, client=self.client)
 
     def _cmd_credits(self, args: list[str]) -> None:
         import warnings
 
-        self._opts(args, {})
+        self._opts(args, {}, "credits")
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             org = self.client.organization()
@@ -357,7 +429,17 @@ class VydraMagics(Magics):
             print(f"Warning: below {self.low_credit_threshold} credits; top up before long jobs.", file=sys.stderr)
 
     def _cmd_jobs(self, args: list[str]) -> Any:
-        opts = self._opts(args, {"--status": str, "--limit": int, "--sync": bool, "--resume": bool, "--model": str})
+        from .magic_args import shown
+
+        opts = self._opts(args, {"--status": str, "--limit": int, "--sync": bool, "--resume": bool, "--model": str}, "jobs")
+        status = opts.get("status")
+        if status is not None:
+            if status.lower() not in JOB_STATUSES:
+                raise UsageError(f"--status must be one of {', '.join(JOB_STATUSES)} (got {shown(status)}).")
+            status = JOB_STATUSES[status.lower()]
+        limit = opts.get("limit", 20)
+        if limit < 1:
+            raise UsageError(f"--limit needs a whole number of at least 1, not {limit}.")
         if opts.get("sync"):
             self._sync()
         if opts.get("resume"):
@@ -365,8 +447,8 @@ class VydraMagics(Magics):
             print(f"Resumed tracking {count} unfinished job(s).")
         from .frames import jobs_df
 
-        df = jobs_df(model=opts.get("model"), status=opts.get("status"))
-        return df.head(opts.get("limit", 20))
+        df = jobs_df(model=opts.get("model"), status=status)
+        return df.head(limit)
 
     SYNC_PAGE = 100
     SYNC_MAX = 2000  # 20 status checks: a fifth of a minute's budget, far past any lost job's age
@@ -397,16 +479,13 @@ class VydraMagics(Magics):
 
     def resume(self) -> int:
         """Track again every unfinished job of this backend recorded in the history."""
-        from urllib.parse import urlsplit
-
-        from .history import get_history, job_from_row
+        from .history import get_history, host_matches, job_from_row
         from .poller import get_tracker
 
         client = self.client
-        host = urlsplit(client.base_url).hostname
         count = 0
         for row in get_history().unfinished():
-            if row.get("host") != host:
+            if not host_matches(row.get("host"), client.base_url):
                 continue
             get_tracker().track(job_from_row(row, client), poll_now=True)
             count += 1
@@ -420,7 +499,8 @@ class VydraMagics(Magics):
         row = get_history().get(args[0])
         if row is not None and row.get("status") in ("completed", "failed", "cancelled"):
             return job_from_row(row, self.client)
-        job = self.client.job(args[0])
+        with self._job_not_found(args[0]):
+            job = self.client.job(args[0])
         if row is not None:
             job.params = row.get("params") or {}
         return job
@@ -431,8 +511,23 @@ class VydraMagics(Magics):
         from .poller import get_tracker
 
         live = next((j for j in get_tracker().live if j.id == args[0]), None)
-        result = self.client.cancel(args[0], job=live)  # updates the live view and the history
+        with self._job_not_found(args[0]):
+            result = self.client.cancel(args[0], job=live)  # updates the live view and the history
         print(str(result))
+
+    @contextlib.contextmanager
+    def _job_not_found(self, job_id: str) -> Iterator[None]:
+        """A 404 for a job id names the id and the server asked: "Job not found." alone does not
+        say whether the id was mistyped or belongs to another backend."""
+        from .errors import NotFoundError
+        from .magic_args import shown
+
+        try:
+            yield
+        except NotFoundError as exc:
+            if exc.status_code != 404:
+                raise
+            raise UsageError(f"Job {shown(job_id)} not found on {self.client.base_url}.") from None
 
     def _cmd_login(self, args: list[str]) -> None:
         import getpass
@@ -461,7 +556,7 @@ class VydraMagics(Magics):
         print("Forgot the API key for this session.")
 
     def _cmd_sandbox(self, args: list[str]) -> None:
-        opts = self._opts(args, {"--credits": int, "--speed": float, "--stop": bool})
+        opts = self._opts(args, {"--credits": int, "--speed": float, "--stop": bool}, "sandbox")
         speed, credits = opts.get("speed"), opts.get("credits")
         # Checked here so a typo is a one-line UsageError, not the sandbox's ValueError traceback.
         if speed is not None and not (math.isfinite(speed) and speed > 0):
@@ -471,8 +566,10 @@ class VydraMagics(Magics):
         if opts.get("stop"):
             from .client import set_default_client
 
-            if self._sandbox is not None:
-                self._sandbox.stop()
+            if self._sandbox is None:
+                print("No sandbox is running; nothing changed.")
+                return
+            self._sandbox.stop()
             self._sandbox = None
             self._client = None
             set_default_client(None)

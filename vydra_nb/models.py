@@ -29,12 +29,54 @@ def is_http_url(value: Any) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+def _num(value: Any) -> str:
+    """A bound as a person writes it: ``0``, not ``0.0``."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def bounds_text(minimum: Any = None, maximum: Any = None, *, exclusive_minimum: Any = None,
+                exclusive_maximum: Any = None) -> str | None:
+    """``between 4 and 12``, ``>= 0``, ``< 10``: the allowed range in words, or None without bounds."""
+    lower = f">= {_num(minimum)}" if _is_number(minimum) else None
+    upper = f"<= {_num(maximum)}" if _is_number(maximum) else None
+    if _is_number(exclusive_minimum):
+        lower = f"> {_num(exclusive_minimum)}"
+    if _is_number(exclusive_maximum):
+        upper = f"< {_num(exclusive_maximum)}"
+    if lower and upper and lower.startswith(">=") and upper.startswith("<="):
+        return f"between {_num(minimum)} and {_num(maximum)}"
+    if lower and upper:
+        return f"{lower} and {upper}"
+    return lower or upper
+
+
 def _short_repr(value: Any, limit: int = 60) -> str:
     r = repr(value)
     return r if len(r) <= limit else r[: limit - 4] + "…" + r[-3:]
 
-# Fields a cell body may fill, in order of preference, when the schema has several string fields.
-PROMPT_FIELD_NAMES = ("prompt", "text", "customPrompt", "custom_prompt", "description", "query", "input")
+# Parameter names that hold the text of a request, best first: ``Job.prompt`` reads the first one
+# present in a job's parameters. Which field a cell body fills is decided by ``is_prompt_like``.
+PROMPT_FIELD_NAMES = ("prompt", "text", "customPrompt", "custom_prompt", "input_text", "script",
+                      "description", "query", "input")
+
+# Exact names (besides any name containing "prompt") that a cell body may fill.
+PROMPT_LIKE_NAMES = ("text", "input_text", "script")
+
+
+def is_prompt_like(name: str) -> bool:
+    """A parameter a cell body may fill: its name says it holds the prompt.
+
+    ``prompt``, ``customPrompt``, ``video_prompt`` (anything with "prompt" in it, except a negative
+    prompt, which says what *not* to generate), or exactly ``text``, ``script`` or ``input_text``.
+    An optional ``language`` or ``voice_id`` string is not a prompt, so a model whose only strings
+    are such settings takes no text prompt rather than silently putting the body in one of them.
+    """
+    low = name.lower()
+    return ("prompt" in low and "negative" not in low) or low in PROMPT_LIKE_NAMES
 
 # Schema extension keywords a server may use to price a parameter's values (e.g. Grok image vs video).
 PRICE_KEYWORDS = ("x-vydra-credits", "x-credits", "x-pricing")
@@ -208,16 +250,24 @@ class Model:
 
     @property
     def prompt_field(self) -> str | None:
-        """The field a cell body fills: a known prompt-like name, else the first free-text string."""
-        props = self.properties
-        for name in PROMPT_FIELD_NAMES:
-            if name in props and _schema_type(props[name]) in ("string", None) and "enum" not in props[name]:
-                return name
-        for p in self.parameters:
-            prop = props[p.name]
-            if p.type == "string" and p.enum is None and "format" not in prop and not p.name.endswith("url"):
-                return p.name
-        return None
+        """The field a cell body fills: a free-text string whose name is prompt-like (see
+        ``is_prompt_like``), or None: the model takes no text prompt.
+
+        Preference: ``prompt``, then ``text``, then other names containing "prompt" (required ones
+        first, then in schema order), then ``input_text`` and ``script``.
+        """
+        candidates = [
+            p for p in self.parameters
+            if is_prompt_like(p.name) and p.type in ("string", None) and p.enum is None
+            and "format" not in self.properties[p.name]
+        ]
+
+        def rank(p: Parameter) -> tuple[int, int]:
+            low = p.name.lower()
+            order = 0 if low == "prompt" else 1 if low == "text" else 2 if "prompt" in low else 3
+            return order, 0 if p.required else 1
+
+        return min(candidates, key=rank).name if candidates else None
 
     # -- pricing ----------------------------------------------------------------------------
     def price(self, params: dict[str, Any] | None = None) -> int | None:
@@ -331,9 +381,9 @@ class Model:
             return f"{name} must be {words} (got {value!r})."
         if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             p = props.get(name or "", {})
-            lo, hi = p.get("minimum"), p.get("maximum")
-            bounds = f"between {lo} and {hi}" if lo is not None and hi is not None else error.message
-            return f"{name} must be {bounds} (got {value!r})."
+            bounds = bounds_text(p.get("minimum"), p.get("maximum"), exclusive_minimum=p.get("exclusiveMinimum"),
+                                 exclusive_maximum=p.get("exclusiveMaximum"))
+            return f"{name} must be {bounds or error.message} (got {value!r})."
         if error.validator in ("anyOf", "oneOf") and not name:
             options = [sorted(s.get("required", [])) for s in error.validator_value if isinstance(s, dict)]
             words = " or ".join("/".join(o) for o in options if o)
