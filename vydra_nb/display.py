@@ -56,7 +56,8 @@ STYLE = (
     ".vydra-badge.vydra-status-running{background:#1565c0}"
     ".vydra-badge.vydra-status-pending{background:#607d8b}"
     ".vydra-player video,.vydra-player img{max-width:100%;max-height:480px}"
-    ".vydra-meta{color:#666;font-size:12px}.vydra-error{color:#c62828}</style>"
+    ".vydra-meta{color:#666;font-size:12px}.vydra-links{overflow-wrap:anywhere}"
+    ".vydra-error{color:#c62828}</style>"
 )
 
 

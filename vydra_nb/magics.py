@@ -250,7 +250,25 @@ class VydraMagics(Magics):
         if cmd.output_var:
             self.shell.user_ns[cmd.output_var] = result
         if cmd.wait or self.default_wait:
-            result.wait()
+            try:
+                result.wait(cmd.timeout)
+            except KeyboardInterrupt:
+                print("Stopped waiting; the sweep's jobs go on. Cancel one with `%vydra cancel ID`.", file=sys.stderr)
+                return result
+            except (TimeoutError, VydraError) as exc:
+                print(str(exc), file=sys.stderr)
+                return result
+            for job in result.jobs:
+                if self.auto_download and job.status == "completed" and job.local_path is None:
+                    try:
+                        job.download()
+                    except VydraError as exc:
+                        print(f"Could not save {job.id}'s result: {exc}", file=sys.stderr)
+            # As for one job: the live grid gives way to the final results, which the returned
+            # Sweep renders as plain HTML that every front end keeps.
+            from IPython.display import clear_output
+
+            clear_output()
         return result
 
     def _show(self, job: Job) -> None:

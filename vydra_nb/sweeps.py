@@ -183,7 +183,16 @@ def sweep(
     total = sum(c or 0 for c in costs)
     result = Sweep(model=m, combinations=bodies, costs=costs, total_credits=total, dry_run=dry_run)
     note = f"; the price of {unknown} is unknown" if unknown else ""
-    print(result.summary() + note + ".")
+    in_kernel = False
+    if show:
+        from .widgets.job_view import widgets_available
+
+        in_kernel = widgets_available()
+    asks = confirm_above is not None and total > confirm_above
+    # In a kernel the live grid carries the price; printed, it would outlive the grid when a
+    # waiting cell clears it (and nbval, which ignores clear_output, would still see it).
+    if dry_run or asks or not in_kernel or (max_credits is not None and total > max_credits):
+        print(result.summary() + note + ".")
     if max_credits is not None and total > max_credits:
         raise VydraError(f"{result.summary()} is above max_credits={max_credits:,}; nothing was sent.")
     if dry_run:
@@ -197,18 +206,18 @@ def sweep(
             result._done.set()
             return result
     tracker = tracker or get_tracker()
-    in_kernel = False
     if show:
-        from .widgets.job_view import widgets_available
-
-        in_kernel = widgets_available()
         result.widget = _grid()
         if in_kernel:
+            import ipywidgets as W
             from IPython.display import display
 
-            # The widget alone: its text fallback ("GridBox(...)") means nothing in a saved notebook;
+            from .display import esc
+
+            live = W.VBox([W.HTML(f"<b>{esc(result.summary() + note)}</b>"), result.widget])
+            # The widget alone: its text fallback ("VBox(...)") means nothing in a saved notebook;
             # the Sweep itself renders the results as plain HTML.
-            bundle = result.widget._repr_mimebundle_() or {}
+            bundle = live._repr_mimebundle_() or {}
             display({k: v for k, v in bundle.items() if k == "application/vnd.jupyter.widget-view+json"}, raw=True)
     if background is None:
         background = show and in_kernel
