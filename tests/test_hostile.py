@@ -399,6 +399,31 @@ def test_answers_over_the_size_cap_are_refused_unread() -> None:
         assert api.count("POST") == 1
 
 
+def test_a_content_length_of_thousands_of_digits_is_too_large_not_a_crash() -> None:
+    """Python refuses to parse an int of more than 4,300 digits: that must read "too large"."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n{}"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def answer() -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        conn.recv(65536)
+        conn.sendall(head)
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        client = client_for(f"http://127.0.0.1:{server.getsockname()[1]}/api/v1", max_retries=0)
+        with pytest.raises(vydra_nb.ResponseError, match="larger than"):
+            client.organization()
+    finally:
+        server.close()
+
+
 def test_an_answer_cut_short_is_a_typed_error_and_a_generation_is_not_resent() -> None:
     """A body that ends before its Content-Length says is a broken connection, not a raw requests error."""
     cut = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"data\": ["

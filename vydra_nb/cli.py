@@ -87,18 +87,17 @@ def _strip_widget_state(nb) -> None:
     nb.metadata.pop("widgets", None)
 
 
-_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
-
 def _for_html(nb):
     """A copy of ``nb`` for the static page: a live widget (no saved state) gets a text stand-in."""
     import copy
+
+    from .display import WIDGET_MIME
 
     page = copy.deepcopy(nb)
     for cell in page.cells:
         for output in cell.get("outputs", []):
             data = output.get("data")
-            if data and _WIDGET_VIEW in data and len(data) == 1:
+            if data and WIDGET_MIME in data and len(data) == 1:
                 data["text/plain"] = "[an interactive widget: open the executed notebook in Jupyter to use it]"
     return page
 

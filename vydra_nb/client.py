@@ -28,7 +28,7 @@ from .jobs import Job, Media, atomic_write, ext_for_content_type, is_safe_url, s
 from .models import CancelResult, Model, Organization, as_int, as_str
 from .polling import PollPolicy
 from .ratelimit import GENERATE, LIST, STATUS, Limit
-from .transport import Transport
+from .transport import Transport, declared_length
 
 log = logging.getLogger("vydra_nb")
 
@@ -392,7 +392,7 @@ class Client:
                         f"Could not download job {job_id}'s result (HTTP {resp.status_code}); provider URLs "
                         "expire after about a day."
                     )
-                declared = _content_length(resp.headers.get("Content-Length"))
+                declared = declared_length(resp.headers.get("Content-Length"))
                 if declared is not None and declared > cap:
                     raise DownloadError(
                         f"Job {job_id}'s result is {declared:,} bytes, above the {cap:,}-byte cap; not saved."
@@ -408,13 +408,6 @@ class Client:
 
 
 _CHUNK = 256 * 1024
-
-
-def _content_length(raw: Any) -> int | None:
-    """The declared size, however large (a 50-digit Content-Length is still "too large", not unknown)."""
-    if isinstance(raw, str) and raw.strip().isdigit() and len(raw.strip()) <= 100:
-        return int(raw.strip())
-    return None
 
 
 def _body_chunks(resp: requests.Response, deadline: float, limit: float, job_id: str) -> Iterator[bytes]:

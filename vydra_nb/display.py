@@ -62,6 +62,16 @@ STYLE = (
 
 
 # -- small shared helpers (the widgets use them too) -------------------------------------------
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def widget_only(bundle: dict[str, Any] | None) -> dict[str, Any]:
+    """Just the widget view of a mimebundle: for a live view that will be cleared, so neither its
+    text fallback ("VBox(...)") nor anything else of it is left in a saved notebook or seen by
+    nbval, which applies neither clear_output nor display updates."""
+    return {k: v for k, v in (bundle or {}).items() if k == WIDGET_MIME}
+
+
 def esc(value: Any) -> str:
     """Escape anything for HTML text or a quoted attribute."""
     return html.escape("" if value is None else str(value), quote=True)

@@ -11,6 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 
+# -- messages: every one is a single line, and never echoes a wall of text ------------------------
+def one_line(text: str, limit: int = 300) -> str:
+    """Collapse line breaks and runs of spaces, and cap the length with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr`` of what a user (or a server) gave, for a message: escaped, cut to ``limit`` chars."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 4] + "…" + r[-3:]
+
+
 class VydraError(Exception):
     """Base class: a failure the user can understand and act on.
 

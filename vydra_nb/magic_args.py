@@ -20,7 +20,11 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from .models import Model, Parameter, bounds_text, is_http_url
+from .errors import one_line, shown
+from .models import Model, Parameter, bounds_text
+
+# The longest piece of a parser or formatter message quoted in a cell's error.
+MESSAGE_CHARS = 160
 
 # Flags every cell understands, besides the model's own.
 GENERIC_FLAGS = {
@@ -57,44 +61,11 @@ class CellCommand:
         return bool(self.grid) or len(self.prompts) > 1
 
 
-# Error messages echo what the user typed so they can spot it, but never more than this much of it:
-# a 60,000-character value must not come back as a wall of text.
-ECHO_CHARS = 60
-
-
-def shown(text: object, limit: int = ECHO_CHARS) -> str:
-    """``repr`` of user text for a one-line message: escapes line breaks, cut to ``limit`` chars."""
-    r = repr(text)
-    return r if len(r) <= limit else r[: limit - 4] + "…" + r[-3:]
-
-
-def one_line(text: str, limit: int = 160) -> str:
-    """Collapse any line breaks (a UsageError is shown as one line) and cap the length."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def _check_encodable(what: str, value: Any) -> None:
-    """Refuse lone surrogates: they cannot be printed to a UTF-8 stream nor mean anything to a
-    provider, and only ever come from text decoded wrongly (``surrogateescape``) upstream."""
-    texts = value if isinstance(value, list) else [value]
-    for text in texts:
-        if isinstance(text, str):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                char = text[exc.start]
-                raise UsageError(
-                    f"{what} holds an invalid character (lone surrogate U+{ord(char):04X} at position {exc.start}); "
-                    "it is not valid Unicode text, so nothing was sent."
-                ) from None
-
-
 def split_line(line: str) -> list[str]:
     try:
         return shlex.split(line, posix=True)
     except ValueError as exc:
-        raise UsageError(f"Could not read the %%vydra line ({one_line(str(exc))}); check its quotes.") from None
+        raise UsageError(f"Could not read the %%vydra line ({one_line(str(exc), MESSAGE_CHARS)}); check its quotes.") from None
 
 
 def model_slug(line: str) -> str:
@@ -112,14 +83,13 @@ def flag_names(param: Parameter) -> list[str]:
     return names
 
 
-def _convert(param: Parameter, raw: str, prop: Mapping[str, Any] | None = None) -> Any:
+def _convert(param: Parameter, raw: str) -> Any:
     """One value of ``param`` from its command-line text.
 
-    ``prop`` is the parameter's schema. Its ``format`` (of the items, for an array) ``uri`` must
-    be an http(s) URL, and a ``minLength`` string must hold more than spaces, as the server
-    checks: a dry run never shows a body the server would then refuse.
+    What the schema says beyond type, enum and bounds (an http(s) ``uri``, a ``minLength`` of
+    more than spaces, Unicode text) is checked once for every caller by ``Model.validate``, which
+    the magics run on every body before a dry run prints it or anything is sent.
     """
-    prop = prop or {}
     kind = param.type
     try:
         if kind == "integer":
@@ -147,22 +117,7 @@ def _convert(param: Parameter, raw: str, prop: Mapping[str, Any] | None = None) 
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if param.minimum is not None and value < param.minimum or param.maximum is not None and value > param.maximum:
             raise UsageError(f"{param.flag} must be {bounds_text(param.minimum, param.maximum)} (got {shown(raw)[1:-1]}).")
-    items = prop.get("items") if isinstance(prop.get("items"), dict) else {}
-    if "uri" in (prop.get("format"), items.get("format")):
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and not is_http_url(item):
-                raise UsageError(f"{param.flag} needs an http(s) URL, not {shown(item)}.")
-    min_length = prop.get("minLength")
-    if isinstance(value, str) and isinstance(min_length, int) and len(value.strip()) < min_length:
-        raise UsageError(f"{param.flag} needs at least {min_length} character(s) besides spaces, not {shown(raw)}.")
-    _check_encodable(param.flag, value)
     return value
-
-
-def _schema_of(model: Model, param: Parameter) -> Mapping[str, Any]:
-    """The parameter's own property schema (its ``format``, ``minLength``, ``items``)."""
-    prop = model.properties.get(param.name)
-    return prop if isinstance(prop, Mapping) else {}
 
 
 def _sweepable(param: Parameter) -> bool:
@@ -243,13 +198,12 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
                 bare_boolean = (flag, param)
                 continue
             raw = value()
-            prop = _schema_of(model, param)
             if param.type == "array":  # repeating an array flag adds to the list
-                items = _convert(param, raw, prop)
+                items = _convert(param, raw)
                 cmd.params[param.name] = [*cmd.params.get(param.name, []), *items]
                 continue
             if "," in raw and _sweepable(param):
-                values = [_convert(param, part.strip(), prop) for part in raw.split(",") if part.strip()]
+                values = [_convert(param, part.strip()) for part in raw.split(",") if part.strip()]
                 if len(values) > 1:
                     _refuse_duplicates(param, values)
                     once(param.name, shown(raw), values, param)
@@ -257,7 +211,7 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
                     cmd.params.pop(param.name, None)
                     continue
                 raw = raw.strip(", ")
-            converted = _convert(param, raw, prop)
+            converted = _convert(param, raw)
             once(param.name, shown(raw), converted, param)
             cmd.params[param.name] = converted
             cmd.grid.pop(param.name, None)
@@ -269,7 +223,6 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
         cmd.prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]
     elif text:
         cmd.prompts = [text]
-    _check_encodable("The prompt", cmd.prompts)
     if cmd.prompts and prompt_field is None:
         raise UsageError(f"{model.slug} takes no text prompt; leave the cell body empty and use flags (`%vydra help {model.slug}`).")
     if cmd.prompts and prompt_field in cmd.params:
@@ -315,7 +268,7 @@ def interpolate(body: str, namespace: Mapping[str, Any]) -> str:
     try:
         fields = [f for _, f, _, _ in formatter.parse(body) if f is not None]
     except ValueError as exc:
-        raise UsageError(f"The prompt has a stray brace ({one_line(str(exc))}); write {{{{ or }}}} for a literal brace.") from None
+        raise UsageError(f"The prompt has a stray brace ({one_line(str(exc), MESSAGE_CHARS)}); write {{{{ or }}}} for a literal brace.") from None
     missing = []
     for name in fields:
         root = name.split(".")[0].split("[")[0]
@@ -335,7 +288,7 @@ def interpolate(body: str, namespace: Mapping[str, Any]) -> str:
     try:
         return formatter.vformat(body, (), namespace)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"Could not fill the prompt's placeholders: {type(exc).__name__}: {one_line(str(exc))}") from None
+        raise UsageError(f"Could not fill the prompt's placeholders: {type(exc).__name__}: {one_line(str(exc), MESSAGE_CHARS)}") from None
 
 
 def _check_lookup(formatter: string.Formatter, name: str, namespace: Mapping[str, Any]) -> None:
@@ -347,7 +300,7 @@ def _check_lookup(formatter: string.Formatter, name: str, namespace: Mapping[str
         key = exc.args[0] if exc.args else "?"
         quoted = isinstance(key, str) and len(key) >= 2 and key[0] == key[-1] and key[0] in "'\""
         hint = f"; write keys without quotes, as in {{{name.split('[')[0]}[{key[1:-1]}]}}" if quoted else ""
-        raise UsageError(one_line(f"The placeholder {where} looks up key {shown(key, 40)}, which is not there{hint}.")) from None
+        raise UsageError(one_line(f"The placeholder {where} looks up key {shown(key, 40)}, which is not there{hint}.", MESSAGE_CHARS)) from None
     except IndexError:
         raise UsageError(f"The placeholder {where} looks up an index that is out of range.") from None
     except AttributeError as exc:

@@ -21,8 +21,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from traitlets import Bool, Float, Int, Unicode
 
 from .config import USD_PER_CREDIT
-from .errors import VydraError
-from .magic_args import GENERIC_FLAGS, flag_names, model_slug, one_line, parse_cell, request_bodies, split_line
+from .errors import VydraError, one_line, shown
+from .magic_args import GENERIC_FLAGS, flag_names, model_slug, parse_cell, request_bodies, split_line
 
 if TYPE_CHECKING:
     from .client import Client
@@ -221,12 +221,16 @@ class VydraMagics(Magics):
             print(f"Warning: the price is not known, so the real run would be refused by --max-credits {max_credits}.")
         elif max_credits is not None and total is not None and total > max_credits:
             print(f"Warning: the real run would be refused: {total} credits is above --max-credits {max_credits}.")
-        elif total is not None and self.confirm_above and total > self.confirm_above and not (cmd and cmd.yes):
+        elif self._asks_first(total) and not (cmd and cmd.yes):
             print(f"Note: the real run would ask before submitting: {total} credits is above "
                   f"VydraMagics.confirm_above={self.confirm_above} (--yes skips the question).")
 
+    def _asks_first(self, total: int | None) -> bool:
+        """Whether a submission of ``total`` credits asks for confirmation (``confirm_above``)."""
+        return bool(self.confirm_above) and total is not None and total > self.confirm_above
+
     def _confirm(self, total: int, count: int) -> None:
-        if not self.confirm_above or total <= self.confirm_above:
+        if not self._asks_first(total):
             return
         question = (f"This submits {count} job(s) for {total} credits ({_dollars(total)}), above "
                     f"VydraMagics.confirm_above={self.confirm_above}. Submit? [y/N] ")
@@ -259,11 +263,7 @@ class VydraMagics(Magics):
                 print(str(exc), file=sys.stderr)
                 return result
             for job in result.jobs:
-                if self.auto_download and job.status == "completed" and job.local_path is None:
-                    try:
-                        job.download()
-                    except VydraError as exc:
-                        print(f"Could not save {job.id}'s result: {exc}", file=sys.stderr)
+                self._save(job)
             # As for one job: the live grid gives way to the final results, which the returned
             # Sweep renders as plain HTML that every front end keeps.
             from IPython.display import clear_output
@@ -291,13 +291,17 @@ class VydraMagics(Magics):
         except JobTimeoutError as exc:
             print(str(exc), file=sys.stderr)
             return False
+        self._save(job)
+        return True
+
+    def _save(self, job: Job) -> None:
+        """Download a completed result within the cell (``auto_download``), so the final output
+        already points at the saved file."""
         if self.auto_download and job.status == "completed" and job.local_path is None:
-            # Within the cell, so the final output already points at the saved file.
             try:
                 job.download()
             except VydraError as exc:
-                print(f"Could not save the result: {exc}", file=sys.stderr)
-        return True
+                print(f"Could not save {job.id}'s result: {exc}", file=sys.stderr)
 
     # -- %vydra -----------------------------------------------------------------------------
     @no_var_expand
@@ -391,8 +395,6 @@ class VydraMagics(Magics):
 
     def _opts(self, args: list[str], spec: dict[str, type], command: str = "") -> dict[str, Any]:
         """Tiny option parser: ``--name value`` for typed options, ``--flag`` for booleans."""
-        from .magic_args import shown
-
         out: dict[str, Any] = {}
         it = iter(args)
         for token in it:
@@ -419,7 +421,6 @@ class VydraMagics(Magics):
 
     def _cmd_models(self, args: list[str]) -> Any:
         from .frames import models_df
-        from .magic_args import shown
 
         opts = self._opts(args, {"--provider": str, "--all": bool}, "models")
         provider, active_only = opts.get("provider"), not opts.get("all")
@@ -447,8 +448,6 @@ class VydraMagics(Magics):
             print(f"Warning: below {self.low_credit_threshold} credits; top up before long jobs.", file=sys.stderr)
 
     def _cmd_jobs(self, args: list[str]) -> Any:
-        from .magic_args import shown
-
         opts = self._opts(args, {"--status": str, "--limit": int, "--sync": bool, "--resume": bool, "--model": str}, "jobs")
         status = opts.get("status")
         if status is not None:
@@ -538,7 +537,6 @@ class VydraMagics(Magics):
         """A 404 for a job id names the id and the server asked: "Job not found." alone does not
         say whether the id was mistyped or belongs to another backend."""
         from .errors import NotFoundError
-        from .magic_args import shown
 
         try:
             yield

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import ValidationError
+from .errors import ValidationError, shown
 
 
 def is_http_url(value: Any) -> bool:
@@ -53,10 +53,6 @@ def bounds_text(minimum: Any = None, maximum: Any = None, *, exclusive_minimum: 
         return f"{lower} and {upper}"
     return lower or upper
 
-
-def _short_repr(value: Any, limit: int = 60) -> str:
-    r = repr(value)
-    return r if len(r) <= limit else r[: limit - 4] + "…" + r[-3:]
 
 # Parameter names that hold the text of a request, best first: ``Job.prompt`` reads the first one
 # present in a job's parameters. Which field a cell body fills is decided by ``is_prompt_like``.
@@ -315,6 +311,10 @@ class Model:
                         f"{self.slug} has no parameter {key!r}.{hint} Parameters: {', '.join(props)}.",
                         field=key,
                     )
+        # What JSON Schema cannot say comes first (so "" in a minLength field also reads "besides
+        # spaces"), and holds even when the schema itself cannot be read.
+        for key, value in params.items():
+            self._check_value(key, value, props.get(key) if isinstance(props.get(key), dict) else {})
         try:
             from jsonschema import exceptions as js_exc
             from jsonschema.validators import validator_for
@@ -326,8 +326,6 @@ class Model:
         errors = list(cls(self.input_schema).iter_errors(params))
         if errors:
             raise ValidationError(self._describe(js_exc.best_match(errors), props), field=self._field_of(js_exc.best_match(errors)))
-        for key, value in params.items():
-            self._check_value(key, value, props.get(key) if isinstance(props.get(key), dict) else {})
         return params
 
     @staticmethod
@@ -349,11 +347,11 @@ class Model:
                 raise ValidationError(f"{key} holds an invalid character (a lone surrogate): not Unicode text.",
                                       field=key) from None
             if uri and not is_http_url(item):
-                raise ValidationError(f"{key} needs an http(s) URL (got {_short_repr(item)}).", field=key)
+                raise ValidationError(f"{key} needs an http(s) URL (got {shown(item)}).", field=key)
         min_length = prop.get("minLength")
         if isinstance(value, str) and isinstance(min_length, int) and len(value.strip()) < min_length:
             raise ValidationError(
-                f"{key} needs at least {min_length} character(s) besides spaces (got {_short_repr(value)}).", field=key
+                f"{key} needs at least {min_length} character(s) besides spaces (got {shown(value)}).", field=key
             )
 
     @staticmethod

@@ -212,13 +212,11 @@ def sweep(
             import ipywidgets as W
             from IPython.display import display
 
-            from .display import esc
+            from .display import esc, widget_only
 
             live = W.VBox([W.HTML(f"<b>{esc(result.summary() + note)}</b>"), result.widget])
-            # The widget alone: its text fallback ("VBox(...)") means nothing in a saved notebook;
-            # the Sweep itself renders the results as plain HTML.
-            bundle = live._repr_mimebundle_() or {}
-            display({k: v for k, v in bundle.items() if k == "application/vnd.jupyter.widget-view+json"}, raw=True)
+            # The widget alone: the Sweep itself renders the results as plain HTML.
+            display(widget_only(live._repr_mimebundle_()), raw=True)
     if background is None:
         background = show and in_kernel
     if background:

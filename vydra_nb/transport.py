@@ -41,6 +41,7 @@ from .errors import (
     ServerError,
     ValidationError,
     VydraError,
+    one_line,
 )
 from .ratelimit import Limit, RateLimiter
 
@@ -311,7 +312,7 @@ class Transport:
         if isinstance(raw, dict):  # some APIs nest {"error": {"message", "code"}}
             body = {**body, **raw}
             raw = raw.get("message")
-        message = _one_line(self.scrub(str(raw))) if raw else (resp.reason or f"HTTP {status}")
+        message = one_line(self.scrub(str(raw))) if raw else (resp.reason or f"HTTP {status}")
         code = self.scrub(body["code"]) if isinstance(body.get("code"), str) else None
         common = {"status_code": status, "code": code, "body": _scrub_body(body, self.scrub)}
         if status == 401:
@@ -370,10 +371,6 @@ def _short(exc: BaseException) -> str:
     return {"ConnectionError": "connection dropped"}.get(name, name)
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
 
 def _as_int(value: Any) -> int | None:
     if isinstance(value, bool):
@@ -427,13 +424,23 @@ def _scrub_body(body: Any, scrub: Callable[[str], str]) -> Any:
     return body
 
 
+def declared_length(raw: Any) -> int | None:
+    """A ``Content-Length`` as a number, however large (50 digits is "too large", not unknown, and
+    never the ValueError Python raises past 4,300 digits); None when absent or not a number."""
+    if isinstance(raw, str) and raw.strip().isdigit() and len(raw.strip()) <= 100:
+        return int(raw.strip())
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return 10**100  # more digits than any real size: certainly over any cap
+    return None
+
+
 def _read_body(resp: requests.Response, cap: int) -> bool:
     """Read a streamed answer into ``resp`` (so ``.content``/``.json()`` work); False if over ``cap``.
 
     A body over the cap is not read further and its connection is closed.
     """
-    declared = resp.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > cap:
+    declared = declared_length(resp.headers.get("Content-Length"))
+    if declared is not None and declared > cap:
         resp.close()
         return False
     chunks: list[bytes] = []

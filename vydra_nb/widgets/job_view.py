@@ -28,7 +28,7 @@ from .. import display as D
 from ..jobs import CANCELLED, COMPLETED, FAILED, Job
 from ..poller import Tracker, get_tracker
 
-WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_MIME = D.WIDGET_MIME
 MIN_INTERVAL = 0.25  # at most 4 renders a second; the final state is always rendered at once
 TICK = 1.0  # elapsed time and ETA advance once a second between polls...
 TICK_MESSAGES_PER_SECOND = 10.0  # ...but all views together send at most about this many ticks a second
@@ -303,12 +303,8 @@ def show_job(
 
     view = JobView(job, tracker=tracker)
     if transient:
-        # A view that the caller will clear and follow with the final result (``%%vydra --wait``):
-        # the widget alone, so nothing of it is left in a saved notebook or seen by nbval, which
-        # applies neither clear_output nor display updates.
-        widget_only = {k: v for k, v in (super(JobView, view)._repr_mimebundle_() or {}).items()
-                       if k == "application/vnd.jupyter.widget-view+json"}
-        display(widget_only, raw=True)
+        # A view that the caller will clear and follow with the final result (``%%vydra --wait``).
+        display(D.widget_only(super(JobView, view)._repr_mimebundle_()), raw=True)
         tracker.track(job)
         return JobDisplay(job, view, None)
     handle = display(view._repr_mimebundle_(), raw=True, display_id=True)
