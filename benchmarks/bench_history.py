@@ -58,9 +58,9 @@ def median_per_call(fn: Callable[[int], Any], calls: int) -> float:
 
 
 def run(rows: int, repeat: int, record_calls: int, folder: Path) -> dict[str, Any]:
-    from vydra_nb import frames
-    from vydra_nb.history import _UPSERT, COLUMNS, History
-    from vydra_nb.jobs import Job
+    from vydra_nb.analysis import frames
+    from vydra_nb.tracking.history import _UPSERT, COLUMNS, History
+    from vydra_nb.api.jobs import Job
 
     history = History(folder / "history.sqlite3")
     t = time.perf_counter()
@@ -84,7 +84,7 @@ def run(rows: int, repeat: int, record_calls: int, folder: Path) -> dict[str, An
     def ours_record(i: int) -> None:
         job = Job(id=f"bench_new_{i}", model="veo3", status="pending", params=params, credits_charged=175,
                   created_at=created)
-        job.extra["backend"] = "vydra"
+        job.backend = "vydra"
         history.record(job)
 
     bare = sqlite3.connect(history.path, timeout=30.0, isolation_level=None)

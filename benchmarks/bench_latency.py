@@ -4,7 +4,7 @@ N jobs of mixed lengths (evenly spread from 30 s to 3 min at real speed, shuffle
 sandbox at ``speed`` times real time. Three ways of following them run *at the same time*, each
 with its own API key (so each has its own status budget of 100/min and generation limit of 10/min):
 
-- ``tracker``: ours, one ``vydra_nb.poller.Tracker`` for all jobs, with the client's default
+- ``tracker``: ours, one ``vydra_nb.tracking.tracker.Tracker`` for all jobs, with the client's default
   ``PollPolicy`` scaled by 1/speed (``Client(time_scale=1/speed)``);
 - ``wait``: ours, one ``job.wait()`` per job in its own thread (same ``PollPolicy``);
 - ``baseline``: a plain loop that polls each live job every 10 s (real time) through the same client
@@ -82,14 +82,14 @@ class Variant:
 
 def _count_status_calls(variant: Variant) -> None:
     """Count ``GET /jobs/{id}`` calls per job on this client instance (counting only, no change)."""
-    original = variant.client._job_view
+    original = variant.client.job_status
 
     def counted(job_id: str) -> Any:
         with variant.lock:
             variant.calls[job_id] += 1
         return original(job_id)
 
-    variant.client._job_view = counted
+    variant.client.job_status = counted
 
 
 def _set_duration(sb: Any, job_id: str, wall_seconds: float) -> Any:
@@ -100,7 +100,7 @@ def _set_duration(sb: Any, job_id: str, wall_seconds: float) -> Any:
 
 
 def _baseline_loop(v: Variant, speed: float, deadline: float) -> None:
-    from vydra_nb.errors import VydraError
+    from vydra_nb.api.errors import VydraError
 
     interval = BASELINE_INTERVAL / speed
     while time.monotonic() < deadline:
@@ -149,7 +149,7 @@ def run(quick: bool = False, *, n_jobs: int | None = None, speed: float | None =
     """
     import vydra_nb
     from vydra_nb import sandbox
-    from vydra_nb.poller import Tracker
+    from vydra_nb.tracking.tracker import Tracker
 
     cfg = dict(QUICK if quick else FULL)
     n = n_jobs or cfg["n_jobs"]

@@ -133,8 +133,8 @@ def run(quick: bool = False, *, n: int | None = None, speed: float | None = None
         widgets: bool = True) -> dict[str, Any]:
     import vydra_nb
     from vydra_nb import sandbox
-    from vydra_nb.poller import Tracker
-    from vydra_nb.ratelimit import GENERATE, Limit
+    from vydra_nb.tracking.tracker import Tracker
+    from vydra_nb.api.ratelimit import GENERATE, Limit
 
     cfg = dict(QUICK if quick else FULL)
     n = n or cfg["n"]
@@ -170,7 +170,7 @@ def run(quick: bool = False, *, n: int | None = None, speed: float | None = None
             raw.close()
             messages_before = dict(counts)
             if widgets:
-                from vydra_nb.widgets.job_view import MIN_INTERVAL, JobView
+                from vydra_nb.views.job_view import MIN_INTERVAL, JobView
 
                 tracker = Tracker(name="bench-many")
                 for job in jobs:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 import vydra_nb
+from vydra_nb.session import current as current_session
 from vydra_nb import sandbox as sandbox_mod
 
 SPEED = 100.0  # a 90 s Veo job takes about a second; rate windows shrink to 0.6 s
@@ -52,12 +53,6 @@ def shared_client(shared_sandbox: sandbox_mod.Sandbox) -> Iterator[vydra_nb.Clie
     c.close()
 
 
-def end_vydra_session(shell: object) -> None:
-    """Stop the shell's on-demand sandbox and forget its session client, so the next test starts clean."""
-    magics = shell.magics_manager.registry["VydraMagics"]  # type: ignore[attr-defined]
-    if magics._sandbox is not None:
-        magics._sandbox.stop()
-    magics._sandbox = None
-    magics._client = None
-    magics._login_key = None
-    vydra_nb.client.set_default_client(None)
+def end_vydra_session(shell: object = None) -> None:
+    """Stop the session's sandbox, tracking, key and client, so the next test starts clean."""
+    current_session().reset()

@@ -7,7 +7,7 @@ import random
 import time
 from typing import Any
 
-from vydra_nb.history import COLUMNS
+from vydra_nb.tracking.history import COLUMNS
 
 
 def synthetic_rows(n: int, columns: tuple[str, ...] = COLUMNS, seed: int = 1) -> list[tuple[Any, ...]]:

@@ -11,7 +11,7 @@ import pytest
 
 import vydra_nb
 from vydra_nb import sandbox as sandbox_mod
-from vydra_nb.ratelimit import GENERATE, Limit
+from vydra_nb.api.ratelimit import GENERATE, Limit
 
 from .conftest import make_client
 from .rawserver import Reply, raw_server
@@ -141,7 +141,7 @@ def test_generate_wait_download(sb: sandbox_mod.Sandbox, client: vydra_nb.Client
 def test_download_defaults_to_data_folder(shared_client: vydra_nb.Client) -> None:
     job = shared_client.generate("nano-banana", prompt="a red apple").wait(timeout=60)
     path = job.download()
-    assert path.parent == vydra_nb.config.data_home() / "downloads"
+    assert path.parent == vydra_nb.api.settings.data_home() / "downloads"
     assert path.suffix == ".png"
 
 
@@ -321,7 +321,7 @@ def test_429_exposes_retry_after_from_the_message() -> None:
 
 
 def test_rate_limit_headers_tighten_the_window() -> None:
-    from vydra_nb.ratelimit import SlidingWindow
+    from vydra_nb.api.ratelimit import SlidingWindow
 
     now = [0.0]
     window = SlidingWindow(Limit(10, 60), clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))

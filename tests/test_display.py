@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vydra_nb import display as D
-from vydra_nb.jobs import Job
-from vydra_nb.poller import Tracker
+from vydra_nb.views import display as D
+from vydra_nb.api.jobs import Job
+from vydra_nb.tracking.tracker import Tracker
 
 EVIL = "<script>alert(1)</script>"
 
@@ -116,7 +116,7 @@ def test_saved_paths_are_shown_relative_or_from_home(tmp_path: Any, monkeypatch:
     """A saved notebook must not carry the user's home folder or a temp path where it can be avoided."""
     from pathlib import Path
 
-    from vydra_nb.display import shown_path
+    from vydra_nb.views.display import shown_path
 
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")

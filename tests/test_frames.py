@@ -14,11 +14,12 @@ import matplotlib
 import pandas as pd
 import pytest
 
-import vydra_nb
-from vydra_nb import JobCancelledError, JobFailedError, NotFoundError, frames
-from vydra_nb.jobs import Job
-from vydra_nb.history import _UPSERT, History
-from vydra_nb.models import Model
+from vydra_nb.session import current as current_session
+from vydra_nb import JobCancelledError, JobFailedError, NotFoundError
+from vydra_nb.analysis import frames
+from vydra_nb.api.jobs import Job
+from vydra_nb.tracking.history import _UPSERT, History
+from vydra_nb.api.models import Model
 
 from .synthetic import synthetic_rows
 
@@ -160,9 +161,9 @@ def spent(client: Any) -> Any:
     image.wait(timeout=30)
     ok.download()
     # The session works on this sandbox, as after `%vydra sandbox`: summaries show its jobs.
-    vydra_nb.client.set_default_client(client)
+    current_session().use_client(client)
     yield client, {"ok": ok, "bad": bad, "stop": stop, "image": image}
-    vydra_nb.client.set_default_client(None)
+    current_session().use_client(None)
 
 
 def test_jobs_df_from_real_jobs(spent: Any) -> None:
@@ -238,16 +239,15 @@ def test_spend_summary_from_real_jobs(spent: Any) -> None:
 
 def test_sandbox_spend_stays_out_of_a_real_spend_report(spent: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credits must never inflate what a user with a real key reports as spent."""
-    from vydra_nb.history import get_history
 
     client, jobs = spent
     real = Job(id="job_real_1", model="veo3", status="completed", credits_charged=175,
                created_at=datetime.now(timezone.utc))
-    real.extra["backend"] = "vydra"
-    get_history().record(real)
+    real.backend = "vydra"
+    current_session().history().record(real)
     assert frames.spend_summary("model")["jobs"].sum() == 4  # a sandbox session: its own jobs
     assert frames.spend_summary("model", backend=None)["jobs"].sum() == 5
-    vydra_nb.client.set_default_client(None)  # a session on the real service
+    current_session().use_client(None)  # a session on the real service
     monkeypatch.delenv("VYDRA_BASE_URL", raising=False)
     by_model = frames.spend_summary("model")
     assert by_model["jobs"].to_dict() == {"veo3": 1} and by_model["net_credits"].sum() == 175

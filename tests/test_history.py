@@ -19,8 +19,8 @@ import pytest
 
 from vydra_nb import JobFailedError
 from vydra_nb import sandbox as sandbox_mod
-from vydra_nb.history import COLUMNS, SCHEMA_VERSION, _MIGRATIONS, History, job_from_row
-from vydra_nb.jobs import Job
+from vydra_nb.tracking.history import COLUMNS, SCHEMA_VERSION, _MIGRATIONS, History, job_from_row
+from vydra_nb.api.jobs import Job
 
 from .conftest import make_client
 
@@ -37,7 +37,7 @@ def _run(code: str, env: dict[str, str], timeout: float = 90.0) -> str:
 
 def _job(job_id: str, status: str = "pending", **kw: object) -> Job:
     job = Job(id=job_id, model=kw.pop("model", "veo3"), status=status, **kw)  # type: ignore[arg-type]
-    job.extra["backend"] = "sandbox"
+    job.backend = "sandbox"
     return job
 
 
@@ -71,11 +71,11 @@ def test_job_submitted_in_one_process_is_resumed_and_downloaded_in_another() -> 
             """
             import json
             import vydra_nb
-            from vydra_nb.history import History, job_from_row
+            from vydra_nb.tracking.history import History, job_from_row
             client = vydra_nb.Client(time_scale=0.05)
             out = []
             for row in History().unfinished():
-                job = job_from_row(row, client)
+                job = client.adopt(job_from_row(row))
                 job.refresh()
                 seen = job.status
                 job.wait(timeout=60)
@@ -101,8 +101,8 @@ def test_job_submitted_in_one_process_is_resumed_and_downloaded_in_another() -> 
 _WRITER = """
 import sys, time
 from datetime import datetime, timezone
-from vydra_nb.history import History
-from vydra_nb.jobs import Job
+from vydra_nb.tracking.history import History
+from vydra_nb.api.jobs import Job
 path, tag, n, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 history = History(path)
 while time.time() < start_at:

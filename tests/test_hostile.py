@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 
 import vydra_nb
-from vydra_nb import display as D
-from vydra_nb.jobs import Job, Media
+from vydra_nb.session import current as current_session
+from vydra_nb.views import display as D
+from vydra_nb.api.jobs import Job
+from vydra_nb.api.media import Media
 
 from .rawserver import Reply, Seen, raw_server
 
@@ -235,9 +237,8 @@ def test_mistyped_job_fields_are_tolerated(fields: dict[str, Any], check: Callab
         # Every other surface copes too: text, HTML, the history row, a table, a download attempt.
         assert_inert(D.job_html(job))
         D.job_text(job)
-        from vydra_nb.history import get_history
 
-        row = get_history().get("job_h")
+        row = current_session().history().get("job_h")
         assert row is not None, "the job was recorded in the history despite its odd fields"
         vydra_nb.jobs_df()
         if job.done:
@@ -292,9 +293,8 @@ def test_generate_answers_of_the_wrong_shape() -> None:
                 assert "check `%vydra jobs --sync`" in str(exc)
                 continue
             assert check(job), (answer, vars(job))
-            from vydra_nb.history import get_history
 
-            assert get_history().get(job.id) is not None, f"a charged job must be recorded: {answer}"
+            assert current_session().history().get(job.id) is not None, f"a charged job must be recorded: {answer}"
 
 
 def test_hostile_model_list() -> None:
@@ -503,7 +503,7 @@ def test_unsafe_output_urls_are_never_shown_or_fetched(url: str, key: str, tmp_p
         with pytest.raises(vydra_nb.DownloadError):
             job.download(tmp_path / "dl")
         with pytest.raises(vydra_nb.DownloadError, match="not an http"):
-            c._download(Media(url, "video"), tmp_path / "dl", job.id)
+            c.download_media(Media(url, "video"), tmp_path / "dl", job.id)
         assert api.count("GET") == 1, "nothing but the job view was requested"
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
@@ -561,7 +561,7 @@ def media_server(handler: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[
 
 
 def completed_job_with(client: vydra_nb.Client, url: str, job_id: str = "job_dl") -> Job:
-    job = Job(id=job_id, model="veo3", _client=client)
+    job = Job(id=job_id, model="veo3", client=client)
     job.apply({"status": "completed", "output": {"videoUrl": url}})
     return job
 
@@ -779,7 +779,7 @@ def test_download_failures_are_download_errors(api_client: vydra_nb.Client, tmp_
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    from vydra_nb.jobs import atomic_write
+    from vydra_nb.api.media import atomic_write
 
     def chunks() -> Iterator[bytes]:
         yield b"a" * 10

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+
 WRITERS = 4
 JOBS_PER_WRITER = 300
 SHARED_JOBS = 20  # updated by every writer; finished by one (its "owner")
@@ -48,19 +49,19 @@ def _writer(n: int, home: str, start_at: float, barrier: Any, errors: Any) -> No
     try:
         from datetime import datetime, timezone
 
-        from vydra_nb.history import get_history
-        from vydra_nb.jobs import Job
+        from vydra_nb.session import current as current_session
+        from vydra_nb.api.jobs import Job
 
         while time.time() < start_at:  # all processes are up by then; they start together
             time.sleep(0.002)
-        history = get_history()  # creates and migrates the file, racing the others
+        history = current_session().history()  # creates and migrates the file, racing the others
         tag = f"w{n}"
         now = datetime.now(timezone.utc)
         for i in range(JOBS_PER_WRITER):
             job = Job(id=f"{tag}_{i}", model="veo3", params={"prompt": _prompt(tag, i), "aspect_ratio": "9:16"},
                       credits_charged=175, created_at=now)
-            job.extra["backend"] = "sandbox"
-            job.extra["idempotency_key"] = f"key-{tag}-{i}"
+            job.backend = "sandbox"
+            job.idempotency_key = f"key-{tag}-{i}"
             history.record(job)
             for step in PROGRESS_STEPS:
                 job.status, job.progress = "running", step
@@ -98,7 +99,7 @@ def _reader(n: int, home: str, start_at: float, stop: Any, errors: Any, reads: A
     count, last_rows = 0, 0
     try:
         import vydra_nb
-        from vydra_nb.history import get_history
+        from vydra_nb.session import current as current_session
 
         while time.time() < start_at:
             time.sleep(0.002)
@@ -114,7 +115,7 @@ def _reader(n: int, home: str, start_at: float, stop: Any, errors: Any, reads: A
             assert rows >= last_rows, f"rows went from {last_rows} to {rows}: a row disappeared"
             last_rows = rows
             if count % 5 == 0:
-                get_history().rows(limit=50)
+                current_session().history().rows(limit=50)
             count += 1
     except BaseException:  # noqa: BLE001 - reported to the parent
         errors.put(f"reader {n}: {traceback.format_exc()}")
@@ -126,7 +127,7 @@ def _reader(n: int, home: str, start_at: float, stop: Any, errors: Any, reads: A
 @pytest.mark.timeout(120)
 def test_four_processes_share_one_history_without_loss_or_corruption(tmp_path: Path) -> None:
     import vydra_nb
-    from vydra_nb.history import History
+    from vydra_nb.tracking.history import History
 
     home = tmp_path / "shared-home"  # does not exist yet: the processes race to create it
     os.environ["VYDRA_NB_HOME"] = str(home)  # the autouse fixture restores it afterwards
@@ -228,15 +229,15 @@ OPEN_ROUNDS = 60
 
 def _opener(n: int, base: str, barrier: Any, errors: Any) -> None:
     """A kernel that records its first job the moment it starts, on a data folder nobody made yet."""
-    from vydra_nb.history import record_to_default_history
-    from vydra_nb.jobs import Job
+    from vydra_nb.api.jobs import Job
+    from vydra_nb.session import current
 
     for r in range(OPEN_ROUNDS):
         os.environ["VYDRA_NB_HOME"] = os.path.join(base, f"round{r}")
         barrier.wait(timeout=60)  # all of them at once, every round
         try:
             job = Job(id=f"k{n}", model="veo3", status="pending", credits_charged=175)
-            record_to_default_history(job)  # the listener every Client calls on submit
+            current().record(job)  # the listener every Client calls on submit
         except Exception:  # noqa: BLE001 - reported to the parent
             errors.put(f"opener {n}, round {r}: {traceback.format_exc()}")
 
@@ -249,7 +250,7 @@ def test_kernels_starting_at_once_on_a_new_data_folder_all_record_their_jobs(tmp
     SQLite answers that race with an immediate "database is locked" (its busy timeout does not
     apply), so before ``History`` retried the switch a few opens in every few hundred failed.
     """
-    from vydra_nb.history import History
+    from vydra_nb.tracking.history import History
 
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()

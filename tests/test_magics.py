@@ -13,8 +13,9 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import vydra_nb
-from vydra_nb.magic_args import interpolate, parse_cell, request_bodies
-from vydra_nb.models import Model
+from vydra_nb.session import current as current_session
+from vydra_nb.notebook.magic_args import interpolate, parse_cell, request_bodies
+from vydra_nb.api.models import Model
 
 from .conftest import end_vydra_session
 
@@ -107,7 +108,7 @@ def magics_of(shell: InteractiveShell) -> Any:
 
 
 def balance(shell: InteractiveShell) -> int:
-    return int(magics_of(shell)._sandbox.state()["balance"])
+    return int(magics_of(shell).session.sandbox.state()["balance"])
 
 
 def test_cell_returns_job_and_stores_it(ip: InteractiveShell) -> None:
@@ -144,7 +145,7 @@ def test_dry_run_sends_nothing(ip: InteractiveShell, capsys: pytest.CaptureFixtu
     assert body == {"model": "text-to-video", "duration": 6, "prompt": "a comet"}
     assert "150 credits" in text and "$0.45" in text and "Nothing was sent" in text
     assert client.requests_sent == sent and balance(ip) == 5000
-    assert magics_of(ip)._sandbox.api_key not in text
+    assert magics_of(ip).session.sandbox.api_key not in text
 
 
 def test_max_credits_and_confirmation(ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,12 +199,10 @@ def test_insufficient_credits_is_one_line(ip: InteractiveShell) -> None:
 def test_missing_key_says_how_to_set_it() -> None:
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "vydra_nb")
-    m = magics_of(shell)
-    m._client, m._sandbox = None, None
-    vydra_nb.client.set_default_client(None)
+    current_session().reset()
     with pytest.raises(UsageError, match="VYDRA_API_KEY.*sandbox"):
         shell.run_line_magic("vydra", "credits")
-    m._client = None
+    current_session().reset()
 
 
 def test_line_commands(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
@@ -245,7 +244,7 @@ def test_completion(ip: InteractiveShell) -> None:
 
 
 def test_sandbox_label_and_no_key_in_outputs(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
-    key = magics_of(ip)._sandbox.api_key
+    key = magics_of(ip).session.sandbox.api_key
     ip.run_line_magic("vydra", "sandbox --speed 100")
     out = capsys.readouterr().out
     assert "SANDBOX" in out and key not in out
@@ -283,10 +282,9 @@ def test_jobs_sync_merges_server_jobs_or_says_why_not(ip: InteractiveShell, caps
     from .conftest import make_client
 
     with vydra_nb.sandbox.start(credits=1000, speed=100, flavor="live") as live:
-        other = make_client(live, record_history=False)  # a job submitted elsewhere (say, the dashboard)
+        other = make_client(live, history=False)  # a job submitted elsewhere (say, the dashboard)
         outside = other.generate("elevenlabs-tts", text="made elsewhere")
-        m = magics_of(ip)
-        m._client = make_client(live)
+        current_session().use_client(make_client(live))
         jobs = ip.run_line_magic("vydra", "jobs --sync --limit 50")
         assert "Synced" in capsys.readouterr().out
         assert outside.id in set(jobs["id"])
@@ -295,26 +293,24 @@ def test_jobs_sync_merges_server_jobs_or_says_why_not(ip: InteractiveShell, caps
 def test_login_resumes_jobs_left_unfinished_by_an_earlier_session(monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """A key typed at ``%vydra login`` picks up unfinished jobs, as a key in the environment does at load."""
-    from vydra_nb.history import get_history
-    from vydra_nb.poller import get_tracker
-
+    from vydra_nb.session import current as current_session
+    
     with vydra_nb.sandbox.start(credits=1000, speed=30) as box:  # a veo3 job takes ~3 s
         earlier = vydra_nb.Client(api_key=box.api_key, base_url=box.url, time_scale=1 / 30)
         job = earlier.generate("veo3", prompt="left running by a kernel that died")
         earlier.close()
-        assert get_history().get(job.id)["status"] in ("pending", "running")
+        assert current_session().history().get(job.id)["status"] in ("pending", "running")
         monkeypatch.setenv("VYDRA_BASE_URL", box.url)
         monkeypatch.setattr("getpass.getpass", lambda prompt="": box.api_key)
         shell = InteractiveShell.instance()
         shell.run_line_magic("load_ext", "vydra_nb")
         shell.run_line_magic("config", "VydraMagics.resume_on_load = True")  # the default; tests above turn it off
-        magics = magics_of(shell)
-        magics._client, magics._sandbox = None, None
+        current_session().reset()
         try:
             shell.run_line_magic("vydra", "login")
             assert "Resumed tracking 1 unfinished job(s)" in capsys.readouterr().out
-            assert get_tracker().join_idle(30)
-            assert get_history().get(job.id)["status"] == "completed"
+            assert current_session().tracker.join_idle(30)
+            assert current_session().history().get(job.id)["status"] == "completed"
         finally:
             shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
             end_vydra_session(shell)
@@ -498,7 +494,7 @@ def test_dry_run_says_what_the_real_run_would_do(ip: InteractiveShell, capsys: p
 
 def test_resume_matches_host_and_port(ip: InteractiveShell) -> None:
     """Every sandbox is 127.0.0.1: only the port tells this one's jobs from those of one long gone."""
-    from vydra_nb.history import get_history
+    from vydra_nb.session import current as current_session
 
     magics = magics_of(ip)
     url = magics.client.base_url
@@ -506,15 +502,15 @@ def test_resume_matches_host_and_port(ip: InteractiveShell) -> None:
         other = vydra_nb.Client(api_key=gone.api_key, base_url=gone.url)
         stale = other.generate("veo3", prompt="a sandbox that will be gone")
         other.close()
-    with get_history()._tx() as conn:  # a row written before ports were recorded
+    with current_session().history()._tx() as conn:  # a row written before ports were recorded
         conn.execute("INSERT INTO jobs (id, status, updated_at, host) VALUES ('job_old', 'running', 0, '127.0.0.1')")
     assert magics.resume() == 0, "jobs of other (gone) sandboxes must not be tracked again"
-    row = get_history().get(stale.id)
+    row = current_session().history().get(stale.id)
     port = url.split("//")[1].split("/")[0].split(":")[1]
     assert row["status"] in ("pending", "running") and row["host"] == f"127.0.0.1:{gone.url.split(':')[2].split('/')[0]}"
     assert row["host"] != f"127.0.0.1:{port}"
 
-    from vydra_nb.history import host_key, host_matches
+    from vydra_nb.tracking.history import host_key, host_matches
 
     assert host_key(url) == f"127.0.0.1:{port}" and host_matches(host_key(url), url)
     assert host_key("https://www.vydra.ai/api/v1") == "www.vydra.ai"

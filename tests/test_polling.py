@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vydra_nb.polling import PollPolicy, estimate_remaining
+from vydra_nb.api.polling import PollPolicy, estimate_remaining
 
 P = PollPolicy()
 
@@ -96,13 +96,13 @@ def test_a_steady_job_is_seen_within_about_a_second_for_fewer_requests_than_poll
 def test_routine_polls_step_aside_when_the_status_window_is_nearly_used_up() -> None:
     """The tracker keeps the last 20 % of the status window for polls aimed at a job's end."""
     from vydra_nb import Client
-    from vydra_nb.jobs import Job
-    from vydra_nb.poller import Tracker
-    from vydra_nb.ratelimit import STATUS, Limit
+    from vydra_nb.api.jobs import Job
+    from vydra_nb.tracking.tracker import Tracker
+    from vydra_nb.api.ratelimit import STATUS, Limit
 
     client = Client(api_key="k", base_url="http://127.0.0.1:9/api/v1", rate_limits={STATUS: Limit(10, 60.0)})
     window = client.limiter[STATUS]
-    job = Job(id="job_p", model="veo3", status="running", _client=client)
+    job = Job(id="job_p", model="veo3", status="running", client=client)
     assert window.headroom() == 10 and Tracker._routine_step(job) == 0.0
     for _ in range(7):
         window.acquire()

@@ -42,8 +42,8 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import vydra_nb
-from vydra_nb.models import Model
-from vydra_nb.poller import get_tracker
+from vydra_nb.session import current as current_session
+from vydra_nb.api.models import Model
 from vydra_nb.sandbox.catalog import Catalog, InputError, price, validate_input
 
 # Moderate by default so the file runs in well under a minute; VYDRA_PROPERTY_EXAMPLES=1000 digs deeper.
@@ -74,7 +74,7 @@ class Session:
 
     @property
     def box(self) -> Any:
-        return self.magics._sandbox
+        return self.magics.session.sandbox
 
     def raw(self, slug: str) -> dict[str, Any]:
         return next(m for m in self.models if m["slug"] == slug)
@@ -87,7 +87,7 @@ def session() -> Iterator[Session]:
     shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
     shell.run_line_magic("vydra", "sandbox --speed 100 --credits 10000000")
     magics = shell.magics_manager.registry["VydraMagics"]
-    box = magics._sandbox
+    box = magics.session.sandbox
     resp = requests.get(f"{box.url}/models", headers={"Authorization": f"Bearer {box.api_key}"}, timeout=10)
     resp.raise_for_status()
     shell.user_ns.update(NAMESPACE)
@@ -97,10 +97,7 @@ def session() -> Iterator[Session]:
     finally:
         for name in NAMESPACE:
             shell.user_ns.pop(name, None)
-        box.stop()
-        magics._sandbox = None
-        magics._client = None
-        vydra_nb.client.set_default_client(None)
+        current_session().reset()
 
 
 @dataclass
@@ -130,7 +127,7 @@ def run_cell(s: Session, line: str, body: str) -> Outcome:
     # every request counted below belongs to this cell.
     # Their results are then saved by a download thread, whose "saved to" line (the text view
     # prints from background threads, by design) must not land in this cell's output either.
-    assert get_tracker().join_idle(timeout=30), "earlier jobs never ended"
+    assert current_session().tracker.join_idle(timeout=30), "earlier jobs never ended"
     deadline = time.monotonic() + 30
     while any(t.name == "vydra-download" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -565,15 +562,16 @@ def test_a_servers_multiline_error_is_shown_on_one_short_line(session: Session) 
             return Reply(body={"data": [tiny], "count": 1})
         return Reply(status=400, body={"error": ramble, "message": ramble})
 
-    magics = session.magics
-    saved = magics._client
+    owner = current_session()
+    saved = owner.existing_client
     with raw_server(script) as server:
-        magics._client = vydra_nb.Client(api_key="k_test", base_url=server.url, max_retries=0, record_history=False)
+        tiny_client = vydra_nb.Client(api_key="k_test", base_url=server.url, max_retries=0, history=False)
+        owner.use_client(tiny_client)
         try:
             out = run_cell(session, "tiny --yes", "hello")
         finally:
-            magics._client.close()
-            magics._client = saved
+            tiny_client.close()
+            owner.use_client(saved)
         assert server.count("POST") == 1
     assert isinstance(out.error, UsageError), out.output[:300]
     shown = out.output.strip()

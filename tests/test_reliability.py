@@ -47,10 +47,9 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import vydra_nb
-from vydra_nb.errors import OutcomeUnknownError, VydraError
-from vydra_nb.history import get_history
-from vydra_nb.jobs import TERMINAL, Job
-from vydra_nb.poller import get_tracker
+from vydra_nb.api.errors import OutcomeUnknownError, VydraError
+from vydra_nb.session import current as current_session
+from vydra_nb.api.jobs import TERMINAL, Job
 
 from .conftest import end_vydra_session
 
@@ -119,7 +118,7 @@ class TrackerWatch:
 
     def __init__(self, figures: Figures) -> None:
         self.figures = figures
-        self.tracker = get_tracker()
+        self.tracker = current_session().tracker
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracker-watch", daemon=True)
         self.samples = 0
@@ -170,12 +169,7 @@ def shell(request: pytest.FixtureRequest) -> Iterator[InteractiveShell]:
     ip.run_line_magic("config", "VydraMagics.auto_download = False")  # media rendering is not under test
     ip.run_line_magic("vydra", f"sandbox --speed {SPEED} --credits 1000000")
     if request.param == "live":
-        magics = ip.magics_manager.registry["VydraMagics"]
-        magics._sandbox.stop()
-        magics._sandbox = vydra_nb.sandbox.start(credits=1_000_000, speed=SPEED, flavor="live")
-        magics._client = vydra_nb.Client(api_key=magics._sandbox.api_key, base_url=magics._sandbox.url,
-                                         time_scale=1 / SPEED)
-        vydra_nb.client.set_default_client(magics._client)
+        current_session().start_sandbox(credits=1_000_000, speed=SPEED, flavor="live")
     yield ip
     end_vydra_session(ip)
     ip.run_line_magic("config", "VydraMagics.auto_download = True")
@@ -232,13 +226,13 @@ def _submit(sub: Submission, ip: InteractiveShell) -> None:
         except Exception as exc:  # noqa: BLE001 - the point is to see what was raised
             sub.error, sub.cause = exc, _typed_cause(exc)
         return
-    magics = ip.magics_manager.registry["VydraMagics"]
-    session_client = magics._client
-    magics._client = sub.client  # what `%vydra sandbox` does: the session's client for this cell
+    session = current_session()
+    session_client = session.existing_client
+    session.use_client(sub.client)  # what `%vydra sandbox` does: the session's client for this cell
     try:
         result = ip.run_cell(_magic_source(sub.path, sub.slug, sub.body), store_history=False)
     finally:
-        magics._client = session_client
+        session.use_client(session_client)
     if result.error_in_exec is not None:
         sub.error, sub.cause = result.error_in_exec, _typed_cause(result.error_in_exec)
     elif result.error_before_exec is not None:
@@ -282,9 +276,9 @@ def _check_message(exc: BaseException, cause: VydraError) -> None:
 
 def _sync_as(ip: InteractiveShell, client: vydra_nb.Client) -> None:
     """``%vydra jobs --sync`` with ``client`` as the session's client (retried through faults)."""
-    magics = ip.magics_manager.registry["VydraMagics"]
-    session_client = magics._client
-    magics._client = client
+    session = current_session()
+    session_client = session.existing_client
+    session.use_client(client)
     try:
         for _ in range(RECOVERY_ATTEMPTS):
             try:
@@ -294,7 +288,7 @@ def _sync_as(ip: InteractiveShell, client: vydra_nb.Client) -> None:
                 assert isinstance(exc.__context__, VydraError) and "\n" not in str(exc)
         raise AssertionError("`%vydra jobs --sync` never got through")
     finally:
-        magics._client = session_client
+        session.use_client(session_client)
 
 
 def _state(box: Any) -> dict[str, Any]:
@@ -309,7 +303,7 @@ def _state(box: Any) -> dict[str, Any]:
 def test_two_hundred_jobs_through_faults_lose_nothing_and_charge_once(shell: InteractiveShell) -> None:
     t0 = time.monotonic()
     magics = shell.magics_manager.registry["VydraMagics"]
-    box = magics._sandbox
+    box = magics.session.sandbox
     cell_client: vydra_nb.Client = magics.client
     # More clients on the same organization, each with its own key (own rate windows).
     direct = vydra_nb.Client(api_key=box.add_key(), base_url=box.url, time_scale=1 / box.speed)
@@ -327,7 +321,7 @@ def test_two_hundred_jobs_through_faults_lose_nothing_and_charge_once(shell: Int
         c.models()  # the model list is cached for an hour: fetched once before the weather turns
 
     figures = Figures()
-    tracker = get_tracker()
+    tracker = current_session().tracker
     polls0, failures0 = tracker.polls, tracker.poll_failures
 
     def note_poll_errors(job: Job) -> None:
@@ -359,13 +353,13 @@ def test_two_hundred_jobs_through_faults_lose_nothing_and_charge_once(shell: Int
                             _check_message(exc, exc)
             # Before recovery: which charged jobs does nobody know about yet?
             pre_charged = {e["job_id"] for e in _state(box)["ledger"] if e["kind"] == "charge"}
-            known_before = {r["id"] for r in get_history().rows()}
+            known_before = {r["id"] for r in current_session().history().rows()}
             if box.flavor == "live":
                 # Where the server lists jobs, the message's own advice finds every lost job:
                 # `%vydra jobs --sync`, run by whoever holds each key, faults still on.
                 for c in all_clients:
                     _sync_as(shell, c)
-                synced = {r["id"] for r in get_history().rows()}
+                synced = {r["id"] for r in current_session().history().rows()}
                 assert pre_charged <= synced, f"`%vydra jobs --sync` missed {sorted(pre_charged - synced)[:5]}"
             # The caller's side of the bargain: recover every request whose outcome is unknown.
             for sub in subs:
@@ -380,7 +374,7 @@ def test_two_hundred_jobs_through_faults_lose_nothing_and_charge_once(shell: Int
     elapsed = time.monotonic() - t0
 
     state = _state(box)
-    history = get_history()
+    history = current_session().history()
     rows = {r["id"]: r for r in history.rows()}
     charges = [e for e in state["ledger"] if e["kind"] == "charge"]
     refunds = [e for e in state["ledger"] if e["kind"] == "refund"]
@@ -507,8 +501,8 @@ def test_sync_finds_a_lost_charged_job_behind_a_hundred_newer_ones() -> None:
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "vydra_nb")
     ip.run_line_magic("config", "VydraMagics.resume_on_load = False")
-    magics = ip.magics_manager.registry["VydraMagics"]
-    session_client = magics._client
+    session = current_session()
+    session_client = session.existing_client
     with vydra_nb.sandbox.start(credits=100_000, speed=SPEED, flavor="live") as box:
         client = vydra_nb.Client(api_key=box.api_key, base_url=box.url, time_scale=1 / SPEED)
         client.models()  # cached before every request starts failing
@@ -517,13 +511,13 @@ def test_sync_finds_a_lost_charged_job_behind_a_hundred_newer_ones() -> None:
             client.generate("elevenlabs-tts", text="the response to this one is lost")
         box.set_faults(None)
         lost = next(e["job_id"] for e in box.state()["ledger"] if e["kind"] == "charge")
-        assert get_history().get(lost) is None
+        assert current_session().history().get(lost) is None
         for i in range(100):  # a busy afternoon since
             client.generate("elevenlabs-tts", text=f"later {i}")
-        magics._client = client
+        session.use_client(client)
         try:
             ip.run_line_magic("vydra", "jobs --sync")
         finally:
-            magics._client = session_client
+            session.use_client(session_client)
             client.close()
-        assert get_history().get(lost) is not None, "`%vydra jobs --sync` did not find the lost charged job"
+        assert current_session().history().get(lost) is not None, "`%vydra jobs --sync` did not find the lost charged job"

@@ -26,7 +26,7 @@ from jupyter_client import KernelManager
 from jupyter_client.blocking.client import BlockingKernelClient
 
 from vydra_nb import sandbox as sandbox_mod
-from vydra_nb.history import History
+from vydra_nb.tracking.history import History
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -29,8 +29,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import vydra_nb
+from vydra_nb.session import current as current_session
 from vydra_nb import sandbox as sandbox_mod
-from vydra_nb.client import set_default_client
 
 from .rawserver import Reply, Seen, raw_server
 
@@ -106,16 +106,13 @@ def ip(box: sandbox_mod.Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[In
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "vydra_nb")
     shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
-    magics = shell.magics_manager.registry["VydraMagics"]
-    if magics._sandbox is not None:
-        magics._sandbox.stop()
-    magics._sandbox, magics._login_key = None, None
-    magics._client = magics._configure(vydra_nb.Client(time_scale=1 / box.speed))
-    set_default_client(magics._client)
+    session = current_session()
+    session.reset()
+    client = vydra_nb.Client(time_scale=1 / box.speed)
+    session.use_client(client)
     yield shell
-    magics._client.close()
-    magics._client, magics._login_key = None, None
-    set_default_client(None)
+    client.close()
+    session.reset()
 
 
 def run_cells(shell: InteractiveShell, cells: Iterable[str]) -> tuple[list[str], list[BaseException]]:
@@ -152,7 +149,7 @@ def test_every_magic_command_keeps_the_key_out(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     logging.getLogger("urllib3").setLevel(logging.DEBUG)
-    job = vydra_nb.client.default_client().generate("elevenlabs-tts", text="to look up")
+    job = vydra_nb.default_client().generate("elevenlabs-tts", text="to look up")
     cells = [
         "%vydra help",
         "%vydra help veo3",
@@ -181,9 +178,9 @@ def test_every_magic_command_keeps_the_key_out(
         "%vydra models --bogus",
         "%%vydra veo3\n{undefined_name}",
         "%xmode Verbose",
-        "vydra_nb.client.default_client().job('job_nope_verbose')",
-        "vydra_nb.client.default_client()",
-        "print(vydra_nb.client.default_client()._transport, vars(vydra_nb.client.default_client()))",
+        "vydra_nb.default_client().job('job_nope_verbose')",
+        "vydra_nb.default_client()",
+        "print(vydra_nb.default_client()._transport, vars(vydra_nb.default_client()))",
         "%xmode Context",
     ]
     ip.user_ns["vydra_nb"] = vydra_nb
@@ -212,19 +209,19 @@ def test_every_magic_command_keeps_the_key_out(
 
 def test_402_and_auth_failures_are_clean(ip: InteractiveShell, canary: Canary) -> None:
     with sandbox_mod.start(credits=100, speed=100, api_key=canary.key) as poor:
-        magics = ip.magics_manager.registry["VydraMagics"]
-        magics._client = vydra_nb.Client(api_key=canary.key, base_url=poor.url, time_scale=0.01)
+        session = current_session()
+        session.use_client(vydra_nb.Client(api_key=canary.key, base_url=poor.url, time_scale=0.01))
         texts, errors = run_cells(ip, ["%%vydra veo3 --yes\ntoo dear"])
         assert "needs 175 credits and 100 remain" in "".join(texts)
         # A server that rejects the key and echoes it back in every field it can.
         # (An echo in `code` or in nested values is test_echoed_key_in_error_code_and_details_is_scrubbed.)
         echo = {"error": f"Invalid API key {canary.key}", "code": "KEY_NOT_FOUND", "hint": f"Bearer {canary.key}"}
         with raw_server(lambda req: Reply(401, echo, headers={"WWW-Authenticate": canary.key})) as api:
-            magics._client = vydra_nb.Client(api_key=canary.key, base_url=api.url, time_scale=0.01)
+            session.use_client(vydra_nb.Client(api_key=canary.key, base_url=api.url, time_scale=0.01))
             more, more_errors = run_cells(ip, ["%vydra credits", "%vydra models"])
             assert api.seen and api.seen[0].headers["Authorization"] == f"Bearer {canary.key}"
             with pytest.raises(vydra_nb.AuthenticationError) as info:
-                magics._client.organization()
+                session.client.organization()
     texts += more
     errors += [*more_errors, info.value]
     assert "Authentication failed" in "".join(more)
@@ -243,7 +240,7 @@ def test_login_keeps_the_key_in_a_secret(
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "vydra_nb")
     magics = shell.magics_manager.registry["VydraMagics"]
-    magics._client, magics._sandbox = None, None
+    current_session().reset()
     monkeypatch.setattr("getpass.getpass", lambda prompt="": canary.key)
     try:
         texts, errors = run_cells(shell, ["%vydra login", "%vydra credits", "%vydra logout"])
@@ -251,21 +248,22 @@ def test_login_keeps_the_key_in_a_secret(
         for text in texts:
             canary.assert_absent(text, "login output")
         canary.assert_absent(repr(vars(magics)), "the magics object's attributes")
+        canary.assert_absent(repr(vars(magics.session)), "the session's attributes")
     finally:
-        magics._client, magics._login_key = None, None
-        set_default_client(None)
+        current_session().reset()
 
 
 # -- widgets, helpers, reprs, logs, history, files ------------------------------------------------
 def test_widgets_helpers_reprs_history_and_files(
     cclient: vydra_nb.Client, canary: Canary, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from vydra_nb.poller import Tracker
-    from vydra_nb.widgets import JobView, Studio
+    from vydra_nb.tracking.tracker import Tracker
+    from vydra_nb.notebook.studio import Studio
+    from vydra_nb.views.job_view import JobView
 
     caplog.set_level(logging.DEBUG)
     logging.getLogger("urllib3").setLevel(logging.DEBUG)
-    set_default_client(cclient)
+    current_session().use_client(cclient)
     try:
         tracker = Tracker()
         video = cclient.generate("veo3", prompt="a fox <b>in</b> snow")
@@ -297,15 +295,14 @@ def test_widgets_helpers_reprs_history_and_files(
                 canary.assert_absent(text, "a pandas helper's frame")
         canary.assert_absent(vydra_nb.styled(frames[1]).to_html(), "styled(jobs_df())")
 
-        from vydra_nb import display as D
-        from vydra_nb.history import get_history
+        from vydra_nb.views import display as D
 
         texts = [
             repr(cclient), str(cclient), repr(vars(cclient)), repr(cclient._transport),
             str(cclient._transport), repr(vars(cclient._transport)), repr(cclient._transport._key),
             f"{cclient._transport._key}", repr(video), str(video), repr(vars(video)), video.summary(),
             D.job_html(video), D.job_text(video), json.dumps(D.job_bundle(failed)), repr(st.cards),
-            repr(get_history()), repr(st), repr(view), repr(tracker), repr(cclient.organization()),
+            repr(current_session().history()), repr(st), repr(view), repr(tracker), repr(cclient.organization()),
             repr(cclient.models()), str(cclient.cancel(failed.id)),
         ]
         for i, text in enumerate(texts):
@@ -314,7 +311,7 @@ def test_widgets_helpers_reprs_history_and_files(
             pickle.dumps(cclient._transport._key)
 
         # The history database, byte for byte (WAL and shared-memory files included).
-        history = get_history()
+        history = current_session().history()
         assert history.get(video.id) is not None
         history.close()
         db = history.path
@@ -328,7 +325,7 @@ def test_widgets_helpers_reprs_history_and_files(
 
         # Downloaded files: names, and everything under the data folder and the download folder.
         assert path.parent == tmp_path / "dl" and default_path.exists()
-        data_home = vydra_nb.config.data_home()
+        data_home = vydra_nb.api.settings.data_home()
         for root in (tmp_path, data_home):
             for p in root.rglob("*"):
                 canary.assert_absent(str(p), "a file name")
@@ -340,7 +337,7 @@ def test_widgets_helpers_reprs_history_and_files(
             canary.assert_absent(repr(record.args), f"log record args {record.name}")
         assert any(r.name.startswith("urllib3") for r in caplog.records)
     finally:
-        set_default_client(None)
+        current_session().use_client(None)
 
 
 def test_exceptions_and_their_chains_never_carry_the_key(cclient: vydra_nb.Client, canary: Canary) -> None:
@@ -423,7 +420,7 @@ def test_executed_and_saved_notebook_has_no_key(
     shutil.copy(ROOT / "notebooks" / "01_quickstart.ipynb", src)
     nb = nbformat.read(src, as_version=4)
     extra = [
-        "import vydra_nb\nc = vydra_nb.client.default_client()\nprint(c, c.backend)\nc",
+        "import vydra_nb\nc = vydra_nb.default_client()\nprint(c, c.backend)\nc",
         "clip",
         "%vydra jobs",
         "%xmode Verbose",

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from vydra_nb.jobs import Job
-from vydra_nb.poller import Tracker
-from vydra_nb.widgets import JobView, show_job
-from vydra_nb.widgets.job_view import WIDGET_MIME, JobDisplay
+from vydra_nb.api.jobs import Job
+from vydra_nb.tracking.tracker import Tracker
+from vydra_nb.views.job_view import JobView, show_job
+from vydra_nb.views.job_view import WIDGET_MIME, JobDisplay
 
 
 def _run(client: Any, model: str = "veo3", **params: Any) -> tuple[Job, JobView, Tracker]:
@@ -89,7 +89,7 @@ def make_sb_slow() -> Any:
 
 
 def test_retrying_is_shown(shared_client: Any) -> None:
-    job = Job(id="job_x", model="veo3", status="running", _client=shared_client)
+    job = Job(id="job_x", model="veo3", status="running", client=shared_client)
     view = JobView(job, min_interval=0)
     job.mark_poll_error("HTTP 503")
     assert "retrying" in view.info.value
@@ -126,7 +126,7 @@ def test_elapsed_time_advances_between_polls_and_stops_when_the_job_ends() -> No
 
 
 def test_the_clock_thread_exits_when_no_view_is_live() -> None:
-    from vydra_nb.widgets.job_view import _Clock
+    from vydra_nb.views.job_view import _Clock
 
     clock = _Clock()  # its own clock: other tests' live views keep the shared one busy
     job = Job(id="job_k", model="veo3", status="running")
@@ -218,8 +218,8 @@ NOTEBOOK_CELLS = [
     """
 import time, vydra_nb
 from vydra_nb import sandbox
-from vydra_nb.widgets import show_job
-from vydra_nb.poller import get_tracker
+from vydra_nb.session import current as current_session
+from vydra_nb.views.job_view import show_job
 sb = sandbox.start(credits=10_000, speed=30)
 client = vydra_nb.Client(api_key=sb.api_key, base_url=sb.url, time_scale=1 / sb.speed)
 job = client.generate("veo3", prompt="<script>alert(1)</script> a lake")
@@ -227,9 +227,9 @@ shown = show_job(job)
 """,
     "x = 1 + 1  # the kernel is free: the view's cell has returned",
     """
-assert get_tracker().join_idle(25), job.status
+assert current_session().tracker.join_idle(25), job.status
 time.sleep(0.3)
-print(job.status, shown.view.bar.value, shown.view.cancel_button.disabled, get_tracker().running)
+print(job.status, shown.view.bar.value, shown.view.cancel_button.disabled, current_session().tracker.running)
 sb.stop()
 """,
 ]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
 
-from .errors import (  # noqa: E402  (light: the exception family has no dependencies)
+from vydra_nb.api.settings import VERSION as __version__  # noqa: F401  (light: stdlib only)
+from vydra_nb.api.errors import (  # light: the exception family has no dependencies
     APIConnectionError,
     AuthenticationError,
     ConfigurationError,
@@ -31,38 +31,46 @@ from .errors import (  # noqa: E402  (light: the exception family has no depende
 )
 
 _LAZY = {
-    "Client": ("vydra_nb.client", "Client"),
-    "Job": ("vydra_nb.jobs", "Job"),
-    "Model": ("vydra_nb.models", "Model"),
-    "Organization": ("vydra_nb.models", "Organization"),
-    "CancelResult": ("vydra_nb.models", "CancelResult"),
-    "PollPolicy": ("vydra_nb.polling", "PollPolicy"),
-    "Limit": ("vydra_nb.ratelimit", "Limit"),
+    "Client": ("vydra_nb.session.client", "Client"),
+    "default_client": ("vydra_nb.session", "default_client"),
+    "Session": ("vydra_nb.session", "Session"),
+    "session": ("vydra_nb.session", None),
+    "Job": ("vydra_nb.api.jobs", "Job"),
+    "Model": ("vydra_nb.api.models", "Model"),
+    "Organization": ("vydra_nb.api.models", "Organization"),
+    "CancelResult": ("vydra_nb.api.models", "CancelResult"),
+    "PollPolicy": ("vydra_nb.api.polling", "PollPolicy"),
+    "Limit": ("vydra_nb.api.ratelimit", "Limit"),
     "sandbox": ("vydra_nb.sandbox", None),
-    "History": ("vydra_nb.history", "History"),
-    "Tracker": ("vydra_nb.poller", "Tracker"),
-    "models_df": ("vydra_nb.frames", "models_df"),
-    "jobs_df": ("vydra_nb.frames", "jobs_df"),
-    "spend_summary": ("vydra_nb.frames", "spend_summary"),
-    "plan_costs": ("vydra_nb.frames", "plan_costs"),
-    "spend_chart": ("vydra_nb.frames", "spend_chart"),
-    "expand_params": ("vydra_nb.frames", "expand_params"),
-    "styled": ("vydra_nb.frames", "styled"),
-    "studio": ("vydra_nb.widgets.studio", "studio"),
-    "sweep": ("vydra_nb.sweeps", "sweep"),
-    "show_job": ("vydra_nb.widgets", "show_job"),
+    "History": ("vydra_nb.tracking.history", "History"),
+    "Tracker": ("vydra_nb.tracking.tracker", "Tracker"),
+    "models_df": ("vydra_nb.analysis.frames", "models_df"),
+    "jobs_df": ("vydra_nb.analysis.frames", "jobs_df"),
+    "spend_summary": ("vydra_nb.analysis.frames", "spend_summary"),
+    "plan_costs": ("vydra_nb.analysis.frames", "plan_costs"),
+    "spend_chart": ("vydra_nb.analysis.frames", "spend_chart"),
+    "expand_params": ("vydra_nb.analysis.frames", "expand_params"),
+    "styled": ("vydra_nb.analysis.frames", "styled"),
+    "studio": ("vydra_nb.notebook.studio", "studio"),
+    "Sweep": ("vydra_nb.analysis.sweeps", "Sweep"),
+    "sweep": ("vydra_nb.analysis.sweeps", "sweep"),
+    "show_job": ("vydra_nb.views.job_view", "show_job"),
 }
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext vydra_nb``: register ``%vydra``/``%%vydra`` (imports nothing heavy)."""
-    from .magics import load
+    from vydra_nb.notebook.magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    """Nothing to undo beyond what IPython does; jobs keep being tracked until they end."""
+    """``%unload_ext vydra_nb``: remove the completer and the Job display hook (jobs keep being
+    tracked until they end; ``%reload_ext`` then registers everything once again)."""
+    from vydra_nb.notebook.magics import unload
+
+    unload(ipython)
 
 
 def __getattr__(name: str) -> Any:
@@ -71,9 +79,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'vydra_nb' has no attribute {name!r}")
     import importlib
 
-    if target[0] in ("vydra_nb.client", "vydra_nb.history"):
-        # Importing the history store registers its recorder with every Client created after.
-        importlib.import_module("vydra_nb.history")
     module = importlib.import_module(target[0])
     value = module if target[1] is None else getattr(module, target[1])
     globals()[name] = value
@@ -85,7 +90,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "APIConnectionError", "AuthenticationError", "CancelResult", "Client", "ConfigurationError",
+    "APIConnectionError", "AuthenticationError", "CancelResult", "Client", "ConfigurationError", "Session",
+    "Sweep", "default_client", "session", "unload_ipython_extension",
     "CreditWarning", "DownloadError", "HistoryWarning", "InsufficientCreditsError", "Job", "JobCancelledError",
     "JobFailedError", "JobTimeoutError", "Limit", "Model", "NotFoundError", "Organization",
     "OutcomeUnknownError", "PollPolicy", "RateLimitError", "ResponseError", "ServerError",

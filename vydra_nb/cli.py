@@ -91,7 +91,7 @@ def _for_html(nb):
     """A copy of ``nb`` for the static page: a live widget (no saved state) gets a text stand-in."""
     import copy
 
-    from .display import WIDGET_MIME
+    from vydra_nb.views.display import WIDGET_MIME
 
     page = copy.deepcopy(nb)
     for cell in page.cells:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         return demo(rest)
     if command == "sandbox":
-        from .sandbox.__main__ import main as sandbox_main
+        from vydra_nb.sandbox.__main__ import main as sandbox_main
 
         return sandbox_main(rest)
     print(f"vydra-nb: unknown command {command!r}; try `vydra-nb --help`.", file=sys.stderr)

@@ -26,7 +26,8 @@ from pathlib import Path
 from urllib.parse import quote
 from typing import Any
 
-from .jobs import CANCELLED, COMPLETED, FAILED, Job, Media, is_safe_url
+from vydra_nb.api.jobs import CANCELLED, COMPLETED, FAILED, Job
+from vydra_nb.api.media import Media, is_safe_url
 
 IMAGE_EMBED_LIMIT = 2 * 1024 * 1024
 """Images whose downloaded file is smaller than this are embedded as ``data:`` URIs (they then
@@ -91,11 +92,7 @@ def status_class(status: str | None) -> str:
 
 
 def is_sandbox(job: Job) -> bool:
-    client = job._client
-    try:
-        return bool(client is not None and client.is_sandbox)
-    except Exception:
-        return False
+    return job.backend == "sandbox"
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -24,9 +24,10 @@ from typing import Any
 
 import ipywidgets as W
 
-from .. import display as D
-from ..jobs import CANCELLED, COMPLETED, FAILED, Job
-from ..poller import Tracker, get_tracker
+from vydra_nb.views import display as D
+from vydra_nb.api.jobs import CANCELLED, COMPLETED, FAILED, Job
+from vydra_nb.session import current as current_session
+from vydra_nb.tracking.tracker import Tracker
 
 WIDGET_MIME = D.WIDGET_MIME
 MIN_INTERVAL = 0.25  # at most 4 renders a second; the final state is always rendered at once
@@ -220,9 +221,9 @@ class JobView(W.VBox):
             self.cancel_button.description = "Cancel"
             self._render()
             return
-        tracker = self.tracker or get_tracker()
-        if self.job.id in {j.id for j in tracker.live}:
-            tracker.poke(self.job.id)
+        tracker = self.tracker or current_session().tracker
+        if tracker.is_tracking(self.job):
+            tracker.poke(self.job)
         else:
             try:
                 self.job.refresh()
@@ -288,7 +289,7 @@ def show_job(
     """
     from IPython.display import display
 
-    tracker = tracker or get_tracker()
+    tracker = tracker or current_session().tracker
     if use_widgets is None:
         use_widgets = widgets_available()
     if not use_widgets:

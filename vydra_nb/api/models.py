@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import ValidationError, shown
+from vydra_nb.api.errors import ValidationError, shown
 
 
 def is_http_url(value: Any) -> bool:

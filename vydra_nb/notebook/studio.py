@@ -14,14 +14,15 @@ from typing import Any
 
 import ipywidgets as W
 
-from .. import display as D
-from ..client import Client, default_client
-from ..config import USD_PER_CREDIT
-from ..errors import ValidationError, VydraError
-from ..jobs import Job
-from ..models import Model, Parameter
-from ..poller import Tracker, get_tracker
-from .job_view import JobView
+from vydra_nb.views import display as D
+from vydra_nb.api.client import APIClient
+from vydra_nb.api.settings import USD_PER_CREDIT
+from vydra_nb.api.errors import ValidationError, VydraError
+from vydra_nb.api.jobs import Job
+from vydra_nb.api.models import Model, Parameter
+from vydra_nb.session import current as current_session
+from vydra_nb.tracking.tracker import Tracker
+from vydra_nb.views.job_view import JobView
 
 _UNSET = object()
 EMPTY_LABEL = "—"
@@ -39,10 +40,11 @@ class Studio(W.VBox):
     (GridBox of cards), ``cards`` (list of ``(card, job, params, cost)``), ``jobs``.
     """
 
-    def __init__(self, client: Client | None = None, *, tracker: Tracker | None = None,
+    def __init__(self, client: APIClient | None = None, *, tracker: Tracker | None = None,
                  model: str | None = None) -> None:
-        self.client = client or default_client()
-        self.tracker = tracker or get_tracker()
+        session = current_session()
+        self.client = client or session.client
+        self.tracker = tracker or session.tracker
         self.models = sorted(
             (m for m in self.client.models() if m.is_active), key=lambda m: ((m.provider or "~").lower(), m.slug)
         )
@@ -282,6 +284,6 @@ class Studio(W.VBox):
         self.update_state()
 
 
-def studio(client: Client | None = None, model: str | None = None) -> Studio:
+def studio(client: APIClient | None = None, model: str | None = None) -> Studio:
     """The prompt-iteration widget for ``client`` (default: the session's client), open on ``model``."""
     return Studio(client, model=model)

@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigurationError
+from vydra_nb.api.errors import ConfigurationError
+
+VERSION = "0.2.0"
 
 ENV_API_KEY = "VYDRA_API_KEY"
 ENV_BASE_URL = "VYDRA_BASE_URL"
@@ -122,3 +124,47 @@ def mask_key(key: str | None) -> str:
         return "<none>"
     head, sep, _ = key.rpartition("_")
     return f"{head}{sep}***" if sep and len(head) < len(key) // 2 + 8 else "***"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def host_key(base_url: str) -> str | None:
+    """Which server a job lives on: the history's ``host`` column and half of a job's identity.
+
+    ``hostname`` for the usual port of the scheme, ``hostname:port`` otherwise. A loopback host
+    always carries its port: every local sandbox is ``127.0.0.1``, and only the port tells one
+    from the next, so jobs of a sandbox long gone are not taken for this one's.
+    """
+    try:
+        parts = urlsplit(base_url)
+        hostname, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not hostname:
+        return None
+    shown = f"[{hostname}]" if ":" in hostname else hostname
+    if port is None and is_loopback_host(hostname):
+        port = _DEFAULT_PORTS.get(parts.scheme)
+    if port is not None and (port != _DEFAULT_PORTS.get(parts.scheme) or is_loopback_host(hostname)):
+        return f"{shown}:{port}"
+    return hostname
+
+
+def host_matches(row_host: str | None, base_url: str) -> bool:
+    """Whether a history row's job lives on the server at ``base_url`` (the one to resume it on).
+
+    Rows written before ports were recorded hold a bare hostname: they still match a non-loopback
+    server of that name, but never a loopback one, which could be any sandbox that ever ran.
+    """
+    if not row_host:
+        return False
+    current = host_key(base_url)
+    if row_host == current:
+        return True
+    try:
+        hostname = urlsplit(base_url).hostname
+    except ValueError:
+        return False
+    bare = ":" not in row_host or (row_host.startswith("[") and row_host.endswith("]"))
+    return bool(hostname) and bare and row_host.strip("[]") == hostname and not is_loopback_host(hostname)

@@ -17,17 +17,14 @@ import sqlite3
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from .config import data_home, is_loopback_host
-from .errors import HistoryWarning
-from .jobs import TERMINAL, Job
+from vydra_nb.api.settings import data_home, host_key, host_matches  # noqa: F401  (re-exported)
+from vydra_nb.api.jobs import TERMINAL, Job
 
 SCHEMA_VERSION = 2
 
@@ -99,55 +96,8 @@ def _ts(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def host_key(base_url: str) -> str | None:
-    """Which server a job lives on, as the history's ``host`` column records it.
-
-    ``hostname`` for the usual port of the scheme, ``hostname:port`` otherwise. A loopback host
-    always carries its port: every local sandbox is ``127.0.0.1``, and only the port tells one
-    from the next, so jobs of a sandbox long gone are not taken for this one's.
-    """
-    try:
-        parts = urlsplit(base_url)
-        hostname, port = parts.hostname, parts.port
-    except ValueError:
-        return None
-    if not hostname:
-        return None
-    shown = f"[{hostname}]" if ":" in hostname else hostname
-    if port is None and is_loopback_host(hostname):
-        port = _DEFAULT_PORTS.get(parts.scheme)
-    if port is not None and (port != _DEFAULT_PORTS.get(parts.scheme) or is_loopback_host(hostname)):
-        return f"{shown}:{port}"
-    return hostname
-
-
-def host_matches(row_host: str | None, base_url: str) -> bool:
-    """Whether a history row's job lives on the server at ``base_url`` (the one to resume it on).
-
-    Rows written before ports were recorded hold a bare hostname: they still match a non-loopback
-    server of that name, but never a loopback one, which could be any sandbox that ever ran.
-    """
-    if not row_host:
-        return False
-    current = host_key(base_url)
-    if row_host == current:
-        return True
-    try:
-        hostname = urlsplit(base_url).hostname
-    except ValueError:
-        return False
-    bare = ":" not in row_host or (row_host.startswith("[") and row_host.endswith("]"))
-    return bool(hostname) and bare and row_host.strip("[]") == hostname and not is_loopback_host(hostname)
-
-
 def job_row(job: Job) -> tuple[Any, ...]:
     """The database row for a job: nothing secret, everything needed to find and show it again."""
-    host = None
-    if job._client is not None:
-        host = host_key(job._client.base_url)
     media = job.media_url
     local = str(job.local_path) if job.local_path else None
     err = job.error or {}
@@ -171,11 +121,11 @@ def job_row(job: Job) -> tuple[Any, ...]:
         "local_path": local,
         "error_code": err.get("code"),
         "error_message": err.get("message"),
-        "backend": job.extra.get("backend"),
-        "host": host,
+        "backend": job.backend,
+        "host": job.host,
         "session": SESSION_ID,
         "notebook": _notebook_name(),
-        "idempotency_key": job.extra.get("idempotency_key"),
+        "idempotency_key": job.idempotency_key,
         "recorded_at": now,
     }
     return tuple(values[c] for c in COLUMNS)
@@ -271,6 +221,9 @@ class History:
         """Record every job ``client`` creates or sees change, as it happens."""
         client.add_job_listener(self.record)
 
+    def detach(self, client: Any) -> None:
+        client.remove_job_listener(self.record)
+
     # -- reading ----------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -339,8 +292,8 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     return data
 
 
-def job_from_row(row: dict[str, Any], client: Any = None) -> Job:
-    """Rebuild a ``Job`` from a stored row, attached to ``client`` so it can be polled again."""
+def job_from_row(row: dict[str, Any]) -> Job:
+    """Rebuild a ``Job`` from a stored row (attach it with ``client.adopt`` to poll it again)."""
     from datetime import timezone
 
     def dt(v: Any) -> datetime | None:
@@ -361,59 +314,8 @@ def job_from_row(row: dict[str, Any], client: Any = None) -> Job:
         completed_at=dt(row.get("completed_at")),
         params=row.get("params") if isinstance(row.get("params"), dict) else {},
         local_path=Path(row["local_path"]) if row.get("local_path") else None,
-        _client=client,
+        backend=row.get("backend"),
+        host=row.get("host"),
+        idempotency_key=row.get("idempotency_key"),
     )
-    job.extra["backend"] = row.get("backend")
-    if row.get("idempotency_key"):
-        job.extra["idempotency_key"] = row["idempotency_key"]
     return job
-
-
-_default: History | None = None
-_default_lock = threading.Lock()
-
-
-def get_history() -> History:
-    """The process's history store in ``VYDRA_NB_HOME`` (opened on first use)."""
-    global _default
-    with _default_lock:
-        if _default is None or _default.path != data_home() / "history.sqlite3":
-            _default = History()
-        return _default
-
-
-_unrecorded: set[str] = set()
-
-
-def record_to_default_history(job: Job) -> None:
-    """The listener every Client gets: record the job in ``VYDRA_NB_HOME``'s history.
-
-    If the store cannot be written (disk full, read-only folder, a broken file), the job has still
-    been charged: say so once per job, in one line with its id, so the user can keep it by hand,
-    rather than a logged traceback that scrolls away.
-    """
-    try:
-        get_history().record(job)
-    except Exception as exc:
-        if job.id in _unrecorded:
-            return
-        _unrecorded.add(job.id)
-        warnings.warn(
-            f"Job {job.id} ({job.model}, {job.status}) could not be saved to the history in "
-            f"{data_home()} ({type(exc).__name__}: {str(exc)[:120]}). Keep its id: "
-            f"`%vydra job {job.id}` shows it while the server keeps it.",
-            HistoryWarning,
-            stacklevel=2,
-        )
-    else:
-        _unrecorded.discard(job.id)
-
-
-def _register() -> None:
-    from . import client
-
-    if record_to_default_history not in client.GLOBAL_JOB_LISTENERS:
-        client.GLOBAL_JOB_LISTENERS.append(record_to_default_history)
-
-
-_register()

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import USD_PER_CREDIT
-from .history import History, get_history
-from .jobs import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
+from vydra_nb.api.settings import USD_PER_CREDIT
+from vydra_nb.session import current as current_session
+from vydra_nb.tracking.history import History
+from vydra_nb.api.jobs import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
 
 __all__ = [
     "STATUSES", "models_df", "jobs_df", "expand_params", "spend_summary", "plan_costs", "spend_chart",
@@ -77,9 +78,7 @@ def _client_or_default(client: Any) -> Any:
     """The given client, else the session's (``%vydra sandbox``/``login``), else one from the environment."""
     if client is not None:
         return client
-    from .client import default_client
-
-    return default_client()
+    return current_session().client
 
 
 def _session_backend() -> str:
@@ -87,12 +86,14 @@ def _session_backend() -> str:
     ``VYDRA_BASE_URL``), else "vydra": the backend whose spend a summary should show by default."""
     import os
 
-    from . import client as client_module
-    from .config import ENV_BASE_URL, is_sandbox_url
+    from vydra_nb.api.settings import ENV_BASE_URL, is_sandbox_url
 
-    session = client_module._default_client
-    if session is not None:
-        return session.backend
+    session = current_session()
+    if session.sandbox is not None:
+        return "sandbox"
+    client = session.existing_client
+    if client is not None:
+        return client.backend
     return "sandbox" if is_sandbox_url(os.environ.get(ENV_BASE_URL) or "https://x") else "vydra"
 
 
@@ -108,7 +109,7 @@ def _backend_filter(backend: str | None) -> str | None:
 def _history(history: History | str | PathLike[str] | None) -> Iterator[History]:
     """The store to read; one opened here from a path is closed again, not left to the GC."""
     if history is None:
-        yield get_history()
+        yield current_session().history()
     elif isinstance(history, History):
         yield history
     else:
@@ -259,7 +260,7 @@ def jobs_df(
         where.append("backend = ?")
         args.append(backend)
     if session is not None:
-        from .history import SESSION_ID
+        from vydra_nb.tracking.history import SESSION_ID
 
         where.append("session = ?")
         args.append(SESSION_ID if session == "current" else session)
@@ -332,9 +333,7 @@ def _provider_map(models: Mapping[str, str] | Iterable[Any] | None, client: Any)
     if models is not None:
         return {m.slug: m.provider or "unknown" for m in models}
     if client is None:
-        from . import client as client_mod
-
-        client = client_mod._default_client  # only one the session already made: no surprise request
+        client = current_session().existing_client  # only one the session already made: no surprise request
     if client is None:
         return {}
     try:

@@ -15,16 +15,18 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import Client, default_client
-from .config import USD_PER_CREDIT
-from .errors import ValidationError, VydraError
-from .jobs import Job
-from .models import Model
-from .poller import Tracker, get_tracker
+from vydra_nb.api.client import APIClient
+from vydra_nb.api.errors import JobTimeoutError, ValidationError, VydraError
+from vydra_nb.api.jobs import Job
+from vydra_nb.api.models import Model
+from vydra_nb.api.settings import USD_PER_CREDIT
+from vydra_nb.session import current as current_session
+from vydra_nb.tracking.tracker import Tracker
 
 
 @dataclass(eq=False)
@@ -58,10 +60,31 @@ class Sweep:
         return self
 
     def wait(self, timeout: float | None = None) -> Sweep:
-        """Block until every submitted job has ended; failures do not raise (see ``dataframe()``)."""
-        self.wait_submitted(timeout)
+        """Block until every submitted job has ended; failures do not raise (see ``dataframe()``).
+
+        ``timeout`` bounds the whole wait, submission included, not each job's: a sweep of N jobs
+        waited with ``timeout=60`` returns or raises JobTimeoutError within about a minute.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        try:
+            self.wait_submitted(left())
+        except TimeoutError:
+            raise JobTimeoutError(f"The sweep is still submitting after {timeout:g} s ({len(self.jobs)} of "
+                                  f"{len(self.combinations)} sent); its jobs go on.") from None
         for job in list(self.jobs):
-            job.wait(timeout, raise_on_failure=False)
+            remaining = left()
+            try:
+                if remaining is not None and remaining <= 0 and not job.done:
+                    raise JobTimeoutError("the sweep's deadline passed")
+                job.wait(remaining, raise_on_failure=False)
+            except JobTimeoutError:
+                pending = sum(1 for j in self.jobs if not j.done)
+                raise JobTimeoutError(f"{pending} of the sweep's jobs are still running after {timeout:g} s; "
+                                      "they go on. Wait again, or cancel them with `%vydra cancel ID`.") from None
         return self
 
     def dataframe(self) -> Any:
@@ -111,7 +134,7 @@ class Sweep:
     def _repr_html_(self) -> str:
         """The summary and a grid of every job as it stands, each as its own saved-notebook view
         (players once completed), so a saved notebook shows the results without the widgets."""
-        from . import display as D
+        from vydra_nb.views import display as D
 
         cards = "".join(f'<div style="min-width:0">{D.job_html(job)}</div>' for job in self.jobs)
         grid = (f'<div class="vydra-sweep-grid" style="display:grid;gap:8px;'
@@ -150,7 +173,7 @@ def sweep(
     prompts: Sequence[str] | str | None = None,
     *,
     parameters: Mapping[str, Any] | None = None,
-    client: Client | None = None,
+    client: APIClient | None = None,
     confirm_above: int | None = None,
     max_credits: int | None = None,
     dry_run: bool = False,
@@ -169,7 +192,7 @@ def sweep(
     with this function's own keywords.
     """
     grid = {**(parameters or {}), **grid}
-    client = client or default_client()
+    client = client or current_session().client
     m = model if isinstance(model, Model) else client.model(model)
     bodies: list[dict[str, Any]] = []
     for i, params in enumerate(combinations(m, prompts, grid)):
@@ -185,7 +208,7 @@ def sweep(
     note = f"; the price of {unknown} is unknown" if unknown else ""
     in_kernel = False
     if show:
-        from .widgets.job_view import widgets_available
+        from vydra_nb.views.job_view import widgets_available
 
         in_kernel = widgets_available()
     asks = confirm_above is not None and total > confirm_above
@@ -205,14 +228,14 @@ def sweep(
             result.declined = True
             result._done.set()
             return result
-    tracker = tracker or get_tracker()
+    tracker = tracker or current_session().tracker
     if show:
         result.widget = _grid()
         if in_kernel:
             import ipywidgets as W
             from IPython.display import display
 
-            from .display import esc, widget_only
+            from vydra_nb.views.display import esc, widget_only
 
             live = W.VBox([W.HTML(f"<b>{esc(result.summary() + note)}</b>"), result.widget])
             # The widget alone: the Sweep itself renders the results as plain HTML.
@@ -229,7 +252,7 @@ def sweep(
 
 
 def _describe(params: Mapping[str, Any], model: Model) -> str:
-    from .display import shorten
+    from vydra_nb.views.display import shorten
 
     return ", ".join(f"{k}={shorten(str(v), 30)!r}" if k == model.prompt_field else f"{k}={v!r}"
                      for k, v in params.items())
@@ -243,14 +266,14 @@ def _grid() -> Any:
     return grid
 
 
-def _submit_all(result: Sweep, client: Client, tracker: Tracker) -> None:
+def _submit_all(result: Sweep, client: APIClient, tracker: Tracker) -> None:
     """Submit sequentially; the client's limiter paces the requests. Stops at the first error."""
     try:
         for body in result.combinations:
             job = client.generate(result.model, body, validate=False)
             result.jobs.append(job)
             if result.widget is not None:
-                from .widgets.job_view import JobView
+                from vydra_nb.views.job_view import JobView
 
                 result.widget.children = [*result.widget.children, JobView(job, tracker=tracker)]
             tracker.track(job)
@@ -261,7 +284,7 @@ def _submit_all(result: Sweep, client: Client, tracker: Tracker) -> None:
         if result.widget is not None:
             import ipywidgets as W
 
-            from .display import esc
+            from vydra_nb.views.display import esc
 
             result.widget.children = [*result.widget.children, W.HTML(
                 f'<div class="vydra-error">Submission stopped after {len(result.jobs)} jobs: {esc(exc)}</div>')]

@@ -27,9 +27,8 @@ from typing import Any
 
 import requests
 
-from . import __version__
-from .config import MISSING_KEY_MESSAGE, check_key_transport, mask_key, redact, resolve_base_url
-from .errors import (
+from vydra_nb.api.settings import VERSION, MISSING_KEY_MESSAGE, check_key_transport, mask_key, redact, resolve_base_url
+from vydra_nb.api.errors import (
     APIConnectionError,
     AuthenticationError,
     ConfigurationError,
@@ -43,11 +42,12 @@ from .errors import (
     VydraError,
     one_line,
 )
-from .ratelimit import Limit, RateLimiter
+from vydra_nb.api.models import as_int
+from vydra_nb.api.ratelimit import Limit, RateLimiter
 
 log = logging.getLogger("vydra_nb")
 
-USER_AGENT = f"vydra-nb/{__version__} (+python-requests)"
+USER_AGENT = f"vydra-nb/{VERSION} (+python-requests)"
 _TRY_AGAIN = re.compile(r"try again in\s+(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 
 
@@ -153,6 +153,11 @@ class Transport:
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r}, key={mask_key(self._key.reveal())})"
+
+    @property
+    def key_hint(self) -> str:
+        """Which kind of key is set, revealing none of it (for reprs)."""
+        return mask_key(self._key.reveal())
 
     @property
     def has_key(self) -> bool:
@@ -322,8 +327,8 @@ class Transport:
         if status == 403:
             return AuthenticationError(f"Access denied ({message}): the key lacks a needed scope.", **common)
         if status == 402:
-            required = _as_int(body.get("creditsRequired"))
-            remaining = _as_int(body.get("creditsRemaining"))
+            required = as_int(body.get("creditsRequired"))
+            remaining = as_int(body.get("creditsRemaining"))
             need = f"this needs {required} credits and {remaining} remain" if required is not None else message
             return InsufficientCreditsError(
                 f"Insufficient credits: {need}. Top up your plan or choose a cheaper model.",
@@ -372,18 +377,8 @@ def _short(exc: BaseException) -> str:
 
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None
-
-
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
-    return _as_int(headers.get(name))
+    return as_int(headers.get(name))
 
 
 def _header_float(headers: Mapping[str, str], name: str) -> float | None:

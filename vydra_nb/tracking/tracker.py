@@ -25,10 +25,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from .errors import VydraError
-from .jobs import COMPLETED, Job
-from .ratelimit import STATUS
+from vydra_nb.api.errors import VydraError
+from vydra_nb.api.jobs import COMPLETED, Job
+from vydra_nb.api.polling import PollPolicy
+from vydra_nb.api.ratelimit import STATUS
+
+JobKey = tuple[str | None, str]
 
 log = logging.getLogger("vydra_nb")
 
@@ -37,7 +41,7 @@ log = logging.getLogger("vydra_nb")
 class _Due:
     at: float
     seq: int
-    job_id: str = field(compare=False)
+    key: JobKey = field(compare=False)
     urgent: bool = field(default=True, compare=False)
 
 
@@ -46,13 +50,19 @@ URGENT_RESERVE = 0.2
 
 
 class Tracker:
-    """Polls live jobs in the background until they end; optionally downloads completed results."""
+    """Polls live jobs in the background until they end; optionally downloads completed results.
 
-    def __init__(self, *, auto_download: bool = False, name: str = "vydra-tracker") -> None:
+    ``auto_download`` is a flag or a function read each time a job completes, so that a setting
+    changed later (``%config VydraMagics.auto_download``) applies to the next job. While it
+    tracks a job, the job is *followed* (``Job.follow``): ``job.wait()`` then watches this
+    tracker's updates instead of polling the same job a second time.
+    """
+
+    def __init__(self, *, auto_download: bool | Callable[[], bool] = False, name: str = "vydra-tracker") -> None:
         self.auto_download = auto_download
         self.name = name
-        self._jobs: dict[str, Job] = {}
-        self._delays: dict[str, float] = {}
+        self._jobs: dict[JobKey, Job] = {}
+        self._delays: dict[JobKey, float] = {}
         self._queue: list[_Due] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -64,30 +74,45 @@ class Tracker:
 
     # -- public -----------------------------------------------------------------------------
     def track(self, job: Job, *, poll_now: bool = False) -> Job:
-        """Keep ``job`` up to date in the background until it ends. Idempotent per job id."""
+        """Keep ``job`` up to date in the background until it ends; returns the job tracked.
+
+        Idempotent per job: tracking a job already tracked changes nothing. Jobs come from one
+        ``JobRegistry``, so a second object for the same job does not exist to be missed.
+        """
         if job.done:
             self._ended(job)
             return job
         with self._cond:
-            if job.id not in self._jobs:
-                self._jobs[job.id] = job
+            tracked = self._jobs.get(job.key)
+            if tracked is None:
+                self._jobs[job.key] = job
+                job.follow()
                 first = 0.0 if poll_now else self._policy(job).min_delay
-                self._push(job.id, time.monotonic() + first)
+                self._push(job.key, time.monotonic() + first)
+                tracked = job
+            elif poll_now:
+                self._push(job.key, time.monotonic())
             self._ensure_thread()
             self._cond.notify_all()
-        return job
+        return tracked
 
-    def untrack(self, job_id: str) -> None:
+    def untrack(self, job: Job) -> None:
         with self._cond:
-            self._jobs.pop(job_id, None)
-            self._delays.pop(job_id, None)
+            if self._jobs.get(job.key) is job:
+                del self._jobs[job.key]
+                self._delays.pop(job.key, None)
+                job.unfollow()
             self._cond.notify_all()
 
-    def poke(self, job_id: str) -> None:
+    def is_tracking(self, job: Job) -> bool:
+        with self._cond:
+            return self._jobs.get(job.key) is job
+
+    def poke(self, job: Job) -> None:
         """Poll this job as soon as possible (after a cancel, say)."""
         with self._cond:
-            if job_id in self._jobs:
-                self._push(job_id, time.monotonic())
+            if job.key in self._jobs:
+                self._push(job.key, time.monotonic())
                 self._cond.notify_all()
 
     def on_end(self, callback: Callable[[Job], None]) -> None:
@@ -105,7 +130,7 @@ class Tracker:
         return thread is not None and thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop polling (jobs go on on the server) and join the thread."""
+        """Stop polling (jobs go on on the server), forget every job and join the thread."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -115,6 +140,11 @@ class Tracker:
         with self._cond:
             self._stopping = False
             self._thread = None
+            for job in self._jobs.values():
+                job.unfollow()
+            self._jobs.clear()
+            self._delays.clear()
+            self._queue.clear()
 
     def join_idle(self, timeout: float | None = None) -> bool:
         """Wait until no job is live; True if that happened within ``timeout``."""
@@ -128,14 +158,13 @@ class Tracker:
         return True
 
     # -- internals --------------------------------------------------------------------------
-    def _policy(self, job: Job):  # type: ignore[no-untyped-def]
-        from .polling import PollPolicy
-
-        client = job._client
+    @staticmethod
+    def _policy(job: Job) -> PollPolicy:
+        client = job.client
         return client.poll_policy if client is not None else PollPolicy()
 
-    def _push(self, job_id: str, at: float, urgent: bool = True) -> None:
-        heapq.heappush(self._queue, _Due(at, next(self._seq), job_id, urgent))
+    def _push(self, key: JobKey, at: float, urgent: bool = True) -> None:
+        heapq.heappush(self._queue, _Due(at, next(self._seq), key, urgent))
 
     @staticmethod
     def _routine_step(job: Job) -> float:
@@ -143,8 +172,8 @@ class Tracker:
 
         It may go while more than ``URGENT_RESERVE`` of its client's status window is free.
         """
-        client = job._client
-        window = None if client is None else client.limiter.windows.get(STATUS)
+        limiter: Any = getattr(job.client, "limiter", None)
+        window = None if limiter is None else limiter.windows.get(STATUS)
         if window is None:
             return 0.0
         reserve = max(1, int(window.limit.calls * URGENT_RESERVE))
@@ -166,24 +195,24 @@ class Tracker:
                         self._thread = None
                     self._cond.notify_all()
                     return None
-                while self._queue and self._queue[0].job_id not in self._jobs:
+                while self._queue and self._queue[0].key not in self._jobs:
                     heapq.heappop(self._queue)  # stale entry of an untracked job
                 if not self._queue:
-                    for job_id in self._jobs:
-                        self._push(job_id, time.monotonic())
+                    for key in self._jobs:
+                        self._push(key, time.monotonic())
                 now = time.monotonic()
                 due = self._queue[0]
                 if due.at <= now:
                     heapq.heappop(self._queue)
-                    job = self._jobs[due.job_id]
-                    if not due.urgent and any(d.urgent for d in self._queue if d.job_id == due.job_id):
+                    job = self._jobs[due.key]
+                    if not due.urgent and any(d.urgent for d in self._queue if d.key == due.key):
                         continue  # a poke or a landing poll of the same job is queued: let it decide
                     step = 0.0 if due.urgent else self._routine_step(job)
                     if step > 0:
-                        self._push(due.job_id, now + step, urgent=False)
+                        self._push(due.key, now + step, urgent=False)
                         continue
                     # Skip duplicates: a poke may have queued the same job twice.
-                    self._queue = [d for d in self._queue if d.job_id != due.job_id]
+                    self._queue = [d for d in self._queue if d.key != due.key]
                     heapq.heapify(self._queue)
                     return job
                 self._cond.wait(min(due.at - now, 1.0))
@@ -202,7 +231,7 @@ class Tracker:
                 if getattr(exc, "status_code", None) in (401, 403, 404):
                     log.warning("stopped tracking %s: %s", job.id, exc)
                     job.mark_poll_error(f"stopped tracking: {exc}")
-                    self.untrack(job.id)
+                    self.untrack(job)
                     self._ended(job)
                     continue
             except Exception as exc:  # never let one bad answer kill the tracker
@@ -210,21 +239,21 @@ class Tracker:
                 log.exception("polling %s failed", job.id)
                 job.mark_poll_error(f"{type(exc).__name__}")
             if job.done:
-                self.untrack(job.id)
+                self.untrack(job)
                 self._ended(job)
                 continue
             with self._cond:
-                if job.id not in self._jobs:
+                if job.key not in self._jobs:
                     continue
-                same_client = sum(1 for j in self._jobs.values() if j._client is job._client)
+                same_client = sum(1 for j in self._jobs.values() if j.client is job.client)
                 policy = self._policy(job)
-                previous = self._delays.get(job.id)
+                previous = self._delays.get(job.key)
                 remaining = job.eta()
                 delay = policy.next_delay(previous_delay=previous, remaining=remaining, live_jobs=same_client)
                 routine = policy.next_delay(previous_delay=previous, remaining=None, live_jobs=same_client)
                 urgent = remaining is not None and (remaining <= 0 or delay < routine)
-                self._delays[job.id] = delay
-                self._push(job.id, time.monotonic() + delay, urgent=urgent)
+                self._delays[job.key] = delay
+                self._push(job.key, time.monotonic() + delay, urgent=urgent)
 
     def _ended(self, job: Job) -> None:
         for callback in list(self._on_end):
@@ -232,7 +261,8 @@ class Tracker:
                 callback(job)
             except Exception:
                 log.exception("an end-of-job callback failed")
-        if self.auto_download and job.status == COMPLETED and job.local_path is None and job._client is not None:
+        wanted = self.auto_download() if callable(self.auto_download) else self.auto_download
+        if wanted and job.status == COMPLETED and job.local_path is None and job.client is not None:
             threading.Thread(target=self._download, args=(job,), name="vydra-download", daemon=True).start()
 
     @staticmethod
@@ -242,16 +272,3 @@ class Tracker:
         except VydraError as exc:
             log.warning("could not download %s: %s", job.id, exc)
             job.mark_poll_error(f"download failed: {exc}")
-
-
-_tracker: Tracker | None = None
-_tracker_lock = threading.Lock()
-
-
-def get_tracker() -> Tracker:
-    """The kernel's one tracker."""
-    global _tracker
-    with _tracker_lock:
-        if _tracker is None:
-            _tracker = Tracker()
-        return _tracker

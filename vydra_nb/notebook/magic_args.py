@@ -20,8 +20,8 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from .errors import one_line, shown
-from .models import Model, Parameter, bounds_text
+from vydra_nb.api.errors import one_line, shown
+from vydra_nb.api.models import Model, Parameter, bounds_text
 
 # The longest piece of a parser or formatter message quoted in a cell's error.
 MESSAGE_CHARS = 160

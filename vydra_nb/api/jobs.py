@@ -2,7 +2,9 @@
 
 A job is shared between the user's thread (``wait()``, ``cancel()``) and the kernel's tracker, so
 its state changes under a lock and every change is announced to listeners (views, the history
-store). Parsing is tolerant: the live service uses statuses and output keys the specification does
+store). There is one ``Job`` object per (server, id) in a process (``JobRegistry``): the one the
+tracker updates is the one every view shows and ``wait()`` watches. A job talks to its client
+only through the small public ``JobSource`` interface, never through the client's internals. Parsing is tolerant: the live service uses statuses and output keys the specification does
 not list (``processing``, ``resultUrls``, nested ``data``), and all of them are understood here.
 """
 
@@ -10,23 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .errors import DownloadError, JobCancelledError, JobFailedError, JobTimeoutError, VydraError
-from .models import as_datetime, as_int, as_str
-from .polling import estimate_remaining
-
-if TYPE_CHECKING:
-    from .client import Client
+from vydra_nb.api.errors import DownloadError, JobCancelledError, JobFailedError, JobTimeoutError, VydraError
+from vydra_nb.api.media import Media, find_media, write_text
+from vydra_nb.api.models import PROMPT_FIELD_NAMES, CancelResult, as_datetime, as_int, as_str
+from vydra_nb.api.polling import PollPolicy, estimate_remaining
 
 log = logging.getLogger("vydra_nb")
 
@@ -51,97 +50,28 @@ def normalize_status(raw: Any) -> str:
     return _STATUS_ALIASES.get(s, s[:40])
 
 
-# -- media in an output object ----------------------------------------------------------------
-_KIND_KEYS = {
-    "video": ("videoUrl", "videoUrls", "video_url", "video_urls", "video"),
-    "image": ("imageUrl", "imageUrls", "image_url", "image_urls", "image", "images"),
-    "audio": ("audioUrl", "audioUrls", "audio_url", "audio_urls", "audio"),
-    "text": ("transcriptUrl", "transcript_url", "srtUrl", "vttUrl"),
-    None: ("resultUrl", "resultUrls", "outputUrl", "outputUrls", "url", "urls", "result_url", "fileUrl"),
-}
-_NESTS = ("output", "outputs", "result", "results", "data", "files")
-_EXT_KIND = {
-    ".mp4": "video", ".webm": "video", ".mov": "video", ".m4v": "video", ".mkv": "video",
-    ".png": "image", ".jpg": "image", ".jpeg": "image", ".webp": "image", ".gif": "image",
-    ".wav": "audio", ".mp3": "audio", ".ogg": "audio", ".m4a": "audio", ".flac": "audio", ".aac": "audio",
-    ".txt": "text", ".srt": "text", ".vtt": "text", ".json": "text",
-}
-EXTENSIONS = {"video": ".mp4", "image": ".png", "audio": ".wav", "text": ".txt"}
-_CONTENT_TYPE_EXT = {
-    "video/mp4": ".mp4", "video/webm": ".webm", "video/quicktime": ".mov",
-    "image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif",
-    "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/mpeg": ".mp3",
-    "audio/ogg": ".ogg", "audio/mp4": ".m4a", "text/plain": ".txt", "application/json": ".json",
-}
-
-
-@dataclass(frozen=True)
-class Media:
-    """One result file: its URL and what kind of media it is (video, image, audio, text or None)."""
-
-    url: str
-    kind: str | None
-
-    @property
-    def extension(self) -> str:
-        ext = os.path.splitext(urlsplit(self.url).path)[1].lower()
-        if ext in _EXT_KIND:
-            return ext
-        return EXTENSIONS.get(self.kind or "", ".bin")
-
-
-def is_safe_url(url: Any) -> bool:
-    """Only absolute http(s) URLs are ever displayed or fetched: no javascript:, data:, file: or paths."""
-    if not isinstance(url, str) or len(url) > 4096 or any(c in url for c in "\x00\r\n\t <>\"'`"):
-        return False
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def find_media(output: Any) -> list[Media]:
-    """Every safe media URL in an output object, wherever the server put it, best first."""
-    found: list[Media] = []
-    seen: set[str] = set()
-
-    def add(url: Any, kind: str | None) -> None:
-        if isinstance(url, dict):
-            url = url.get("url")
-        if not is_safe_url(url) or url in seen:
-            if isinstance(url, str) and url not in seen and not is_safe_url(url):
-                log.warning("ignored an unsafe media URL from the server: %.60r", url)
-            return
-        seen.add(url)
-        ext_kind = _EXT_KIND.get(os.path.splitext(urlsplit(url).path)[1].lower())
-        found.append(Media(url, kind or ext_kind))
-
-    def walk(obj: Any, depth: int) -> None:
-        if depth > 4 or not isinstance(obj, dict):
-            return
-        for kind, keys in _KIND_KEYS.items():
-            for key in keys:
-                value = obj.get(key)
-                values = value if isinstance(value, list) else [value]
-                for v in values[:50]:
-                    if isinstance(v, (str, dict)):
-                        add(v, kind)
-        for nest in _NESTS:
-            inner = obj.get(nest)
-            for item in inner[:50] if isinstance(inner, list) else [inner]:
-                walk(item, depth + 1)
-
-    walk(output, 0)
-    return found
-
-
-def safe_filename(job_id: str, extension: str) -> str:
-    """A file name no server can steer: the job id reduced to ``[A-Za-z0-9_-]``, bounded, plus a known extension."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", job_id).strip("_")[:80] or "job"
-    ext = extension.lower() if extension.lower() in set(_EXT_KIND) | {".bin"} else ".bin"
-    return stem + ext
-
-
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class JobSource(Protocol):
+    """What a ``Job`` needs from its client: the client's public job methods, nothing private."""
+
+    poll_policy: PollPolicy
+
+    @property
+    def download_dir(self) -> Path: ...
+
+    def job_status(self, job_id: str) -> dict[str, Any]: ...
+
+    def cancel(self, job_id: str, *, job: Job | None = None) -> CancelResult: ...
+
+    def download_media(
+        self, media: Media, directory: str | os.PathLike[str] | None, job_id: str, *,
+        max_bytes: int | None = None, timeout: float | None = None,
+    ) -> Path: ...
+
+    def job_changed(self, job: Job) -> None: ...
 
 
 @dataclass(eq=False)
@@ -166,10 +96,21 @@ class Job:
     raw_status: str | None = field(default=None, repr=False)
     local_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
-    _client: Client | None = field(default=None, repr=False, compare=False)
+    """Fields the server sent that this class does not know; nothing of the client's own."""
+    client: JobSource | None = field(default=None, repr=False, compare=False)
+    # The client's own bookkeeping, never mixed with what the server sent:
+    backend: str | None = field(default=None, repr=False)
+    """"sandbox" or "vydra": which kind of server charged it (spend reports keep them apart)."""
+    host: str | None = field(default=None, repr=False)
+    """The server it lives on (``settings.host_key``): with ``id``, the job's identity."""
+    idempotency_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._followers = 0  # trackers keeping this job up to date (``follow``)
+        self._media: list[Media] | None = None
+        self._unsafe_warned = False
         self._listeners: list[Callable[[Job], None]] = []
         self._first_progress: tuple[float, float] | None = None
         self._last_progress: tuple[float, float] | None = None
@@ -183,9 +124,27 @@ class Job:
         return self.status in TERMINAL
 
     @property
+    def key(self) -> tuple[str | None, str]:
+        """(host, id): what makes a job one job in this process."""
+        return (self.host, self.id)
+
+    @property
     def media(self) -> list[Media]:
-        """Safe media URLs of the output, best first (empty until completed)."""
-        return find_media(self.output) if self.output else []
+        """Safe media URLs of the output, best first (empty until completed).
+
+        Read once per output: a URL that is not http(s) is left out and reported once per job,
+        naming only its scheme (the URL itself is server text, and a front end would link it).
+        """
+        with self._lock:
+            if self._media is None:
+                unsafe: list[str] = []
+                self._media = find_media(self.output, unsafe) if self.output else []
+                if unsafe and not self._unsafe_warned:
+                    self._unsafe_warned = True
+                    schemes = sorted({(urlsplit(u).scheme or "no scheme")[:20] for u in unsafe})
+                    log.warning("job %s: ignored %d result URL(s) that are not http(s) (%s)",
+                                self.id, len(unsafe), ", ".join(schemes))
+            return list(self._media)
 
     @property
     def media_url(self) -> str | None:
@@ -194,8 +153,6 @@ class Job:
 
     @property
     def prompt(self) -> str | None:
-        from .models import PROMPT_FIELD_NAMES
-
         for name in PROMPT_FIELD_NAMES:
             if isinstance(self.params.get(name), str):
                 return self.params[name]
@@ -226,12 +183,31 @@ class Job:
     def _notify(self) -> None:
         with self._lock:
             listeners = list(self._listeners)
-        client_listeners = self._client._job_listeners if self._client is not None else []
-        for callback in [*client_listeners, *listeners]:
+            self._changed.notify_all()
+        if self.client is not None:
+            # The client's listeners first: the history records a change before any view shows it.
+            self.client.job_changed(self)
+        for callback in listeners:
             try:
                 callback(self)
             except Exception:  # a broken view must not break tracking
                 log.exception("a job listener failed")
+
+    # -- following (the tracker) --------------------------------------------------------------
+    def follow(self) -> None:
+        """A tracker now keeps this job up to date: ``wait()`` watches its updates instead of polling."""
+        with self._lock:
+            self._followers += 1
+            self._changed.notify_all()
+
+    def unfollow(self) -> None:
+        with self._lock:
+            self._followers = max(0, self._followers - 1)
+            self._changed.notify_all()
+
+    @property
+    def followed(self) -> bool:
+        return self._followers > 0
 
     def apply(self, data: dict[str, Any]) -> bool:
         """Merge an API job view (or submit answer) into this job; True when anything changed.
@@ -241,6 +217,7 @@ class Job:
         known = {
             "id", "jobId", "status", "progress", "output", "error", "creditsCharged", "creditsRefunded",
             "refundStatus", "createdAt", "startedAt", "completedAt", "externalJobId", "message", "workflow", "model",
+            "workflowSlug",
         }
         with self._lock:
             before = self._snapshot()
@@ -257,12 +234,15 @@ class Job:
                 self._last_progress = (now, float(self.progress))
             output = data.get("output")
             if isinstance(output, dict):
+                if output != self.output:
+                    self._media = None
                 self.output = output
             elif self.status == COMPLETED and self.output is None:
                 # Synchronous answers put the media at the top level (imageUrl, resultUrls, ...).
                 top = {k: v for k, v in data.items() if k not in known}
                 if find_media(top) or "text" in top:
                     self.output = top
+                    self._media = None
             err = data.get("error")
             if isinstance(err, dict):
                 self.error = {"code": as_str(err.get("code")), "message": as_str(err.get("message"))}
@@ -285,7 +265,8 @@ class Job:
                 if value is not None:
                     setattr(self, attr, value[:500])
             if self.model is None:
-                self.model = as_str(data.get("model")) or as_str(data.get("workflow"))
+                # The live job list names the model ``workflowSlug``; the reference's job view ``workflow``.
+                self.model = as_str(data.get("model")) or as_str(data.get("workflowSlug")) or as_str(data.get("workflow"))
             self.extra.update({k: v for k, v in data.items() if k not in known})
             if self.done and self.ended_seen_at is None:
                 self.ended_seen_at = time.monotonic()
@@ -311,29 +292,43 @@ class Job:
         self._notify()
 
     # -- actions ----------------------------------------------------------------------------
-    def _require_client(self) -> Client:
-        if self._client is None:
+    def _require_client(self) -> JobSource:
+        if self.client is None:
             raise VydraError(f"Job {self.id} is not attached to a client; use client.job({self.id!r}).")
-        return self._client
+        return self.client
 
     def refresh(self) -> Job:
         """Fetch the latest state from ``GET /jobs/{id}``."""
-        data = self._require_client()._job_view(self.id)
-        self.apply(data)
+        self.apply(self._require_client().job_status(self.id))
         return self
 
     def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> Job:
-        """Block until the job ends, polling by the shared policy; return it completed.
+        """Block until the job ends; return it completed.
 
-        Raises JobFailedError (failed), JobCancelledError (cancelled), JobTimeoutError (``timeout``
-        passed; the job goes on). A failed poll is retried, never fatal, unless it keeps failing.
+        While a tracker follows the job (a live view, a sweep, ``%%vydra``), this waits on the
+        tracker's updates and sends no request of its own; otherwise it polls by the shared
+        policy. Raises JobFailedError (failed), JobCancelledError (cancelled), JobTimeoutError
+        (``timeout`` passed; the job goes on). A failed poll is retried, never fatal, unless it
+        keeps failing.
         """
         client = self._require_client()
         policy = client.poll_policy
-        start = time.monotonic()
+        deadline = None if timeout is None else time.monotonic() + timeout
         delay: float | None = None
         failures = 0
         while not self.done:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise JobTimeoutError(
+                    f"Job {self.id} is still {self.status} after {timeout:g} s; it goes on. "
+                    f"Wait again, or cancel it: job.cancel() (or `%vydra cancel {self.id}` in a notebook)."
+                )
+            if self.followed:
+                with self._changed:
+                    if self.followed and not self.done:
+                        # Woken by every change; the bound only re-checks the deadline and the follower.
+                        self._changed.wait(1.0 if left is None else min(left, 1.0))
+                continue
             try:
                 self.refresh()
                 failures = 0
@@ -347,15 +342,13 @@ class Job:
             if self.done:
                 break
             delay = policy.next_delay(previous_delay=delay, remaining=self.eta(), live_jobs=1)
-            if timeout is not None:
-                left = timeout - (time.monotonic() - start)
-                if left <= 0:
-                    raise JobTimeoutError(
-                        f"Job {self.id} is still {self.status} after {timeout:g} s; it goes on. "
-                        f"Wait again, or cancel it: job.cancel() (or `%vydra cancel {self.id}` in a notebook)."
-                    )
-                delay = min(delay, left)
-            time.sleep(delay)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                continue
+            with self._changed:
+                # A sleep that a tracker taking over (or any news) ends early.
+                if not self.followed and not self.done:
+                    self._changed.wait(delay if left is None else min(delay, left))
         if raise_on_failure:
             self.raise_for_status()
         return self
@@ -373,7 +366,7 @@ class Job:
         if self.status == CANCELLED:
             raise JobCancelledError(f"Job {self.id} was cancelled.", job=self)
 
-    def cancel(self) -> Any:
+    def cancel(self) -> CancelResult:
         """Cancel the job (credits are refunded); returns the ``CancelResult``."""
         return self._require_client().cancel(self.id, job=self)
 
@@ -397,12 +390,13 @@ class Job:
             raise DownloadError(f"Job {self.id} is {self.status}; only a completed job has a result to download.")
         media = self.media
         if not media:
-            if isinstance((self.output or {}).get("text"), str):
-                path = _write_text(self, directory or client.download_dir, self.output["text"])  # type: ignore[index]
+            text = (self.output or {}).get("text")
+            if isinstance(text, str):
+                path = write_text(self.id, directory or client.download_dir, text)
                 self._set_local_path(path)
                 return path
             raise DownloadError(f"Job {self.id} completed without a downloadable media URL.")
-        path = client._download(media[0], directory, self.id, max_bytes=max_bytes, timeout=timeout)
+        path = client.download_media(media[0], directory, self.id, max_bytes=max_bytes, timeout=timeout)
         self._set_local_path(path)
         return path
 
@@ -431,39 +425,32 @@ class Job:
         return f"Job({self.summary()})"
 
 
-def _write_text(job: Job, directory: str | os.PathLike[str], text: str) -> Path:
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / safe_filename(job.id, ".txt")
-    atomic_write(target, [text.encode("utf-8")])
-    return target
+class JobRegistry:
+    """One ``Job`` object per (host, id) in a process.
 
+    Whoever meets a job (a submission, ``client.job(id)``, the job list, the history at resume)
+    gets the object already known, if any, so the one the tracker updates is the one every view
+    shows. Jobs are held weakly: a finished job nobody refers to any more is forgotten, and a
+    long session does not grow; a later lookup builds a fresh one from the server or the history.
+    """
 
-def atomic_write(target: Path, chunks: Any, *, max_bytes: int | None = None) -> int:
-    """Write chunks to a temp file beside ``target``, then rename; nothing half-written is left."""
-    fd, tmp = tempfile.mkstemp(prefix=".part-", dir=target.parent)
-    written = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                written += len(chunk)
-                if max_bytes is not None and written > max_bytes:
-                    raise DownloadError(
-                        f"The result is larger than the {max_bytes:,}-byte cap; not saved. "
-                        "Raise max_bytes if this is expected."
-                    )
-                fh.write(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return written
+    def __init__(self) -> None:
+        self._jobs: weakref.WeakValueDictionary[tuple[str | None, str], Job] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
 
+    def get(self, host: str | None, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get((host, job_id))
 
-def ext_for_content_type(content_type: str | None) -> str | None:
-    if not content_type:
-        return None
-    return _CONTENT_TYPE_EXT.get(content_type.split(";")[0].strip().lower())
+    def adopt(self, job: Job) -> Job:
+        """The registered job with ``job``'s key, registering ``job`` itself when there is none."""
+        with self._lock:
+            known = self._jobs.get(job.key)
+            if known is not None:
+                return known
+            self._jobs[job.key] = job
+            return job
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)

@@ -13,21 +13,23 @@ import math
 import shlex
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Float, Int, Unicode
+from traitlets import Bool, Float, Int, Unicode, observe
 
-from .config import USD_PER_CREDIT
-from .errors import VydraError, one_line, shown
-from .magic_args import GENERIC_FLAGS, flag_names, model_slug, parse_cell, request_bodies, split_line
+from vydra_nb.api.settings import USD_PER_CREDIT
+from vydra_nb.api.errors import VydraError, one_line, shown
+from vydra_nb.notebook.magic_args import GENERIC_FLAGS, flag_names, model_slug, parse_cell, request_bodies, split_line
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .jobs import Job
-    from .models import Model
+    from vydra_nb.api.jobs import Job
+    from vydra_nb.api.models import Model
+    from vydra_nb.session import Session
+    from vydra_nb.session.client import Client
 
 log = logging.getLogger("vydra_nb")
 
@@ -98,57 +100,47 @@ class VydraMagics(Magics):
     sandbox_speed = Float(10.0, help="Speed of a sandbox started by --sandbox or %vydra sandbox.").tag(config=True)
     sandbox_credits = Int(10_000, help="Starting credits of a sandbox started on demand.").tag(config=True)
 
-    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+    def __init__(self, shell: Any = None, *, session: Session | None = None, **kwargs: Any) -> None:
         super().__init__(shell, **kwargs)
-        self._client: Client | None = None
-        self._sandbox: Any = None
-        self._login_key: Any = None  # a transport.Secret; never a plain str attribute
+        from vydra_nb.session import current
+
+        self.session = session or current()
+        self._shown: weakref.WeakSet[Job] = weakref.WeakSet()  # jobs whose view this cell already shows
+        self._push_settings()
+
+    # -- settings: the session reads them live ----------------------------------------------
+    @observe("auto_download", "low_credit_threshold", "download_dir")
+    def _settings_changed(self, change: Any = None) -> None:
+        self._push_settings()
+
+    def _push_settings(self) -> None:
+        """Copy the traits the core reads into the session's settings (on load and on every change)."""
+        from pathlib import Path
+
+        settings = self.session.settings
+        settings.auto_download = self.auto_download
+        settings.low_credit_threshold = self.low_credit_threshold
+        settings.download_dir = Path(self.download_dir).expanduser() if self.download_dir else None
 
     # -- session ----------------------------------------------------------------------------
     @property
     def client(self) -> Client:
         """The session's client: the sandbox's, or one from `%vydra login` / VYDRA_API_KEY."""
-        if self._client is None:
-            from .client import Client, set_default_client
-
-            from . import history  # noqa: F401  (registers the history recorder)
-
-            key = self._login_key.reveal() if self._login_key else None
-            self._client = self._configure(Client(api_key=key, credit_warning_threshold=self.low_credit_threshold))
-            set_default_client(self._client)
-        return self._client
-
-    def _configure(self, client: Client) -> Client:
-        if self.download_dir:
-            client._download_dir = __import__("pathlib").Path(self.download_dir).expanduser()
-        from .poller import get_tracker
-
-        get_tracker().auto_download = self.auto_download
-        return client
+        return self.session.client
 
     def use_sandbox(self, *, credits: int | None = None, speed: float | None = None) -> Any:
-        """Start (or reuse) an in-process sandbox and make it this session's backend."""
-        from . import history  # noqa: F401
-        from . import sandbox
-        from .client import Client, set_default_client
-
-        wanted_speed = speed or self.sandbox_speed
-        wanted_credits = credits or self.sandbox_credits
-        box = self._sandbox
+        """Start a sandbox (or keep the running one when nothing new is asked) as this session's backend."""
+        box = self.session.sandbox
         if box is None or speed is not None or credits is not None:
-            if box is not None:
-                box.stop()
-            box = sandbox.start(credits=wanted_credits, speed=wanted_speed)
-            self._sandbox = box
-        self._client = self._configure(
-            Client(api_key=box.api_key, base_url=box.url, time_scale=1 / box.speed,
-                   credit_warning_threshold=self.low_credit_threshold)
-        )
-        set_default_client(self._client)
+            box = self.session.start_sandbox(
+                credits=self.sandbox_credits if credits is None else credits,
+                speed=self.sandbox_speed if speed is None else speed,
+            )
         return box
 
     def _backend_label(self) -> str:
-        return "SANDBOX" if self._client is not None and self._client.is_sandbox else "vydra.ai"
+        client = self.session.existing_client
+        return "SANDBOX" if client is not None and client.is_sandbox else "vydra.ai"
 
     # -- %%vydra ----------------------------------------------------------------------------
     @no_var_expand
@@ -160,7 +152,7 @@ class VydraMagics(Magics):
         The cell body is the prompt; {names} are filled from your variables ({{ for a brace).
         """
         slug = model_slug(line)
-        if "--sandbox" in split_line(line) and (self._client is None or not self._client.is_sandbox):
+        if "--sandbox" in split_line(line) and self.session.sandbox is None:
             self.use_sandbox()
         model = self.client.model(slug)
         cmd = parse_cell(line, cell, model, self.shell.user_ns if self.shell else {})
@@ -197,7 +189,7 @@ class VydraMagics(Magics):
 
                 clear_output()
             else:
-                job.extra["_shown"] = True
+                self._shown.add(job)
         return job
 
     def _dry_run(self, model: Model, bodies: list[dict[str, Any]], total: int | None, cmd: Any = None) -> None:
@@ -245,7 +237,7 @@ class VydraMagics(Magics):
             raise UsageError("Not submitted.")
 
     def _sweep(self, cmd: Any, model: Model, bodies: list[dict[str, Any]]) -> Any:
-        from .sweeps import sweep
+        from vydra_nb.analysis.sweeps import sweep
 
         grid = {**{k: [v] for k, v in cmd.params.items()}, **cmd.grid}
         # Cost was shown and confirmed above; the sweep prints it again with its grid of views.
@@ -274,14 +266,14 @@ class VydraMagics(Magics):
     def _show(self, job: Job) -> None:
         """The live view while ``--wait`` blocks; cleared and replaced by the result at the end."""
         try:
-            from .widgets.job_view import show_job, widgets_available
+            from vydra_nb.views.job_view import show_job, widgets_available
         except ImportError:  # pragma: no cover
             return
         show_job(job, transient=widgets_available())
 
     def _wait(self, job: Job, timeout: float | None) -> bool:
         """Wait for the job (and save its result); False when the user or the timeout stopped it."""
-        from .errors import JobTimeoutError
+        from vydra_nb.api.errors import JobTimeoutError
 
         try:
             job.wait(timeout=timeout, raise_on_failure=False)
@@ -372,7 +364,7 @@ class VydraMagics(Magics):
         print(f"  provider {model.provider}; price: {price} per {model.pricing_unit or 'request'}")
         if model.prompt_field:
             print(f"  the cell body fills `{model.prompt_field}`")
-        from .models import bounds_text
+        from vydra_nb.api.models import bounds_text
 
         params = model.parameters
         # Long flags (--keep-original-sound/--no-keep-original-sound) widen the column: the two
@@ -420,7 +412,7 @@ class VydraMagics(Magics):
         return out
 
     def _cmd_models(self, args: list[str]) -> Any:
-        from .frames import models_df
+        from vydra_nb.analysis.frames import models_df
 
         opts = self._opts(args, {"--provider": str, "--all": bool}, "models")
         provider, active_only = opts.get("provider"), not opts.get("all")
@@ -462,7 +454,7 @@ class VydraMagics(Magics):
         if opts.get("resume"):
             count = self.resume()
             print(f"Resumed tracking {count} unfinished job(s).")
-        from .frames import jobs_df
+        from vydra_nb.analysis.frames import jobs_df
 
         df = jobs_df(model=opts.get("model"), status=status)
         return df.head(limit)
@@ -476,14 +468,12 @@ class VydraMagics(Magics):
         It reads on past jobs already known: a job whose submission answer was lost (an
         ``OutcomeUnknownError``) may sit behind any number of newer ones.
         """
-        from .errors import NotFoundError
-        from .history import get_history
-
+        from vydra_nb.api.errors import NotFoundError
         synced = 0
         try:
             while synced < self.SYNC_MAX:
                 page = self.client.list_jobs(limit=self.SYNC_PAGE, offset=synced)
-                get_history().record_many(page)
+                self.session.history().record_many(page)
                 synced += len(page)
                 if len(page) < self.SYNC_PAGE:
                     break
@@ -496,47 +486,40 @@ class VydraMagics(Magics):
 
     def resume(self) -> int:
         """Track again every unfinished job of this backend recorded in the history."""
-        from .history import get_history, host_matches, job_from_row
-        from .poller import get_tracker
-
-        client = self.client
-        count = 0
-        for row in get_history().unfinished():
-            if not host_matches(row.get("host"), client.base_url):
-                continue
-            get_tracker().track(job_from_row(row, client), poll_now=True)
-            count += 1
-        return count
+        return self.session.resume()
 
     def _cmd_job(self, args: list[str]) -> Any:
         if len(args) != 1:
             raise UsageError("Usage: %vydra job ID")
-        from .history import get_history, job_from_row
+        from vydra_nb.tracking.history import job_from_row
 
-        row = get_history().get(args[0])
+        client = self.client
+        known = client.registry.get(client.host, args[0])
+        if known is not None and known.done:
+            return known
+        row = self.session.history().get(args[0])
         if row is not None and row.get("status") in ("completed", "failed", "cancelled"):
-            return job_from_row(row, self.client)
+            return client.adopt(job_from_row(row))
         with self._job_not_found(args[0]):
-            job = self.client.job(args[0])
-        if row is not None:
+            job = client.job(args[0])
+        if row is not None and not job.params:
             job.params = row.get("params") or {}
         return job
 
     def _cmd_cancel(self, args: list[str]) -> None:
         if len(args) != 1:
             raise UsageError("Usage: %vydra cancel ID")
-        from .poller import get_tracker
-
-        live = next((j for j in get_tracker().live if j.id == args[0]), None)
+        client = self.client
+        live = client.registry.get(client.host, args[0])
         with self._job_not_found(args[0]):
-            result = self.client.cancel(args[0], job=live)  # updates the live view and the history
+            result = client.cancel(args[0], job=live)  # updates the live view and the history
         print(str(result))
 
     @contextlib.contextmanager
     def _job_not_found(self, job_id: str) -> Iterator[None]:
         """A 404 for a job id names the id and the server asked: "Job not found." alone does not
         say whether the id was mistyped or belongs to another backend."""
-        from .errors import NotFoundError
+        from vydra_nb.api.errors import NotFoundError
 
         try:
             yield
@@ -548,13 +531,11 @@ class VydraMagics(Magics):
     def _cmd_login(self, args: list[str]) -> None:
         import getpass
 
-        from .transport import Secret
-
         key = getpass.getpass("Vydra API key (kept in memory only): ").strip()
         if not key:
             raise UsageError("No key entered; nothing changed.")
-        self._login_key = Secret(key)
-        self._client = None
+        self.session.login(key)
+        del key
         org = self.client.organization()
         print(f"Logged in to {self.client.base_url} · {org.name} · plan {org.plan} · "
               f"{org.credits_remaining:,} credits" if org.credits_remaining is not None else "Logged in.")
@@ -564,11 +545,7 @@ class VydraMagics(Magics):
                 print(f"Resumed tracking {count} unfinished job(s) from earlier sessions.")
 
     def _cmd_logout(self, args: list[str]) -> None:
-        from .client import set_default_client
-
-        self._login_key = None
-        self._client = None
-        set_default_client(None)
+        self.session.logout()
         print("Forgot the API key for this session.")
 
     def _cmd_sandbox(self, args: list[str]) -> None:
@@ -580,15 +557,9 @@ class VydraMagics(Magics):
         if credits is not None and credits < 0:
             raise UsageError(f"--credits needs a whole number of at least 0, not {credits}.")
         if opts.get("stop"):
-            from .client import set_default_client
-
-            if self._sandbox is None:
+            if not self.session.stop_sandbox():
                 print("No sandbox is running; nothing changed.")
                 return
-            self._sandbox.stop()
-            self._sandbox = None
-            self._client = None
-            set_default_client(None)
             print("Sandbox stopped; the session uses the real service again.")
             return
         box = self.use_sandbox(credits=opts.get("credits"), speed=opts.get("speed"))
@@ -596,9 +567,18 @@ class VydraMagics(Magics):
               "Nothing here costs money.")
 
     def _cmd_studio(self, args: list[str]) -> Any:
-        from .widgets.studio import studio
+        from vydra_nb.notebook.studio import studio
 
         return studio(self.client)
+
+    def display_job(self, job: Job) -> None:
+        """How a Job shows itself in a cell: the live view, unless this cell already showed it."""
+        if job in self._shown:
+            self._shown.discard(job)
+            return
+        from vydra_nb.views.job_view import show_job
+
+        show_job(job, tracker=self.session.tracker)
 
     # -- completion -------------------------------------------------------------------------
     def completions(self, line: str) -> list[str]:
@@ -638,6 +618,9 @@ class VydraMagics(Magics):
             return []
 
 
+_MATCHER_NAME = "_make_matcher.<locals>.vydra_matcher"
+
+
 def _make_matcher(magics: VydraMagics) -> Callable[..., Any]:
     from IPython.core.completer import SimpleCompletion, context_matcher
 
@@ -652,38 +635,44 @@ def _make_matcher(magics: VydraMagics) -> Callable[..., Any]:
     return vydra_matcher
 
 
-def _display_job(job: Job) -> None:
-    """How a Job shows itself in a cell: the live view, unless this cell already showed it."""
-    if job.extra.pop("_shown", False):
-        return
-    try:
-        from .widgets import show_job
-    except ImportError:  # pragma: no cover - the widgets module ships with the package
-        print(job.summary())
-        return
-    show_job(job)
-
-
 def load(shell: Any) -> VydraMagics:
-    """Register the magics, the completer, and how Job objects display; resume unfinished jobs."""
+    """Register the magics, the completer, and how Job objects display; resume unfinished jobs.
+
+    Loading again (``%reload_ext``) first undoes the previous load, so there is one completer
+    and one display hook whatever the number of loads.
+    """
+    unload(shell)
     magics = VydraMagics(shell)
     shell.register_magics(magics)
     formatter = shell.display_formatter.ipython_display_formatter
-    formatter.for_type_by_name("vydra_nb.jobs", "Job", _display_job)
-    try:
-        shell.Completer.custom_matchers.append(_make_matcher(magics))
-    except AttributeError:  # pragma: no cover - a shell without a completer
-        pass
+    formatter.for_type_by_name("vydra_nb.api.jobs", "Job", magics.display_job)
+    completer = getattr(shell, "Completer", None)
+    if completer is not None:
+        completer.custom_matchers.append(_make_matcher(magics))
     if magics.resume_on_load:
         threading.Thread(target=_resume_quietly, args=(magics,), name="vydra-resume", daemon=True).start()
     return magics
+
+
+def unload(shell: Any) -> None:
+    """Remove what ``load`` added: the completer and the Job display hook (IPython offers no way
+    to remove registered magics; a later load replaces them)."""
+    completer = getattr(shell, "Completer", None)
+    if completer is not None:
+        completer.custom_matchers[:] = [m for m in completer.custom_matchers
+                                        if getattr(m, "__qualname__", "") != _MATCHER_NAME]
+    formatter = shell.display_formatter.ipython_display_formatter
+    jobs_module = sys.modules.get("vydra_nb.api.jobs")
+    if jobs_module is not None:
+        formatter.type_printers.pop(jobs_module.Job, None)
+    formatter.deferred_printers.pop(("vydra_nb.api.jobs", "Job"), None)
 
 
 def _resume_quietly(magics: VydraMagics) -> None:
     """Resume in the background so %load_ext stays fast; only when a key is configured."""
     import os
 
-    from .config import ENV_API_KEY, data_home
+    from vydra_nb.api.settings import ENV_API_KEY, data_home
 
     if not os.environ.get(ENV_API_KEY) or not (data_home() / "history.sqlite3").exists():
         return

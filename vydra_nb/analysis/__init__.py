@@ -1,0 +1,1 @@
+"""The analysis layer: pandas tables of models, jobs and spend, and sweeps over parameters."""

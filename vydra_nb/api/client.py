@@ -1,0 +1,412 @@
+"""``APIClient``: every endpoint of the Vydra API as Python objects.
+
+The client owns one ``Transport`` (the wire) and adds what the domain needs: the cached model
+list, local validation of parameters before any credit is spent, one ``Job`` object per job
+(through a ``JobRegistry``), downloads, credit warnings, and listeners that hear of every job the
+moment the server accepts it.
+
+This is the API layer: it records nothing by itself. ``vydra_nb.Client`` (``vydra_nb.session``)
+is this class wired to the session's history, tracker and backend, and is what users construct.
+"""
+
+from __future__ import annotations
+
+import difflib
+from datetime import datetime, timezone
+import logging
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from vydra_nb.api.errors import CreditWarning, NotFoundError, ResponseError, ValidationError, VydraError
+from vydra_nb.api.jobs import Job, JobRegistry
+from vydra_nb.api.media import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_DOWNLOAD, Downloader, Media
+from vydra_nb.api.models import CancelResult, Model, Organization, as_int, as_str
+from vydra_nb.api.polling import PollPolicy
+from vydra_nb.api.ratelimit import GENERATE, LIST, STATUS, Limit, RateLimiter
+from vydra_nb.api.settings import download_home, host_key, is_sandbox_url, resolve_api_key
+from vydra_nb.api.transport import Transport
+
+log = logging.getLogger("vydra_nb")
+
+class APIClient:
+    """A Vydra API client. Safe to share between threads.
+
+    ``api_key`` and ``base_url`` default to ``VYDRA_API_KEY`` / ``VYDRA_BASE_URL``. ``time_scale``
+    shrinks every wait and rate window (a sandbox at ``speed=100`` wants ``time_scale=0.01``).
+    ``registry`` is where jobs are looked up, so that clients of one session share job objects.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float | tuple[float, float] = (5.0, 30.0),
+        max_retries: int = 3,
+        model_cache_ttl: float = 3600.0,
+        rate_limits: Mapping[str, Limit] | None = None,
+        credit_warning_threshold: int | None = 500,
+        poll_policy: PollPolicy | None = None,
+        time_scale: float = 1.0,
+        download_dir: str | Path | None = None,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD,
+        download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+        registry: JobRegistry | None = None,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        limits = {k: Limit(v.calls, v.period * time_scale) for k, v in _default_limits(rate_limits).items()}
+        self._transport = Transport(
+            resolve_api_key(api_key),
+            base_url,
+            timeout=timeout if isinstance(timeout, tuple) else (timeout, timeout),
+            max_retries=max_retries,
+            backoff_base=0.5 * time_scale,
+            backoff_max=8.0 * time_scale,
+            max_rate_wait=180.0 * max(time_scale, 0.05),
+            rate_limits=limits,
+        )
+        status_limit = limits[STATUS]
+        self.poll_policy = poll_policy or PollPolicy(budget_calls=status_limit.calls).scaled(time_scale)
+        self.model_cache_ttl = model_cache_ttl
+        self.credit_warning_threshold = credit_warning_threshold
+        self.time_scale = time_scale
+        self._download_dir = Path(download_dir) if download_dir else None
+        self.downloads = Downloader(max_bytes=max_download_bytes, timeout=download_timeout)
+        self._models: list[Model] | None = None
+        self._models_at = 0.0
+        self._models_lock = threading.Lock()
+        self._job_listeners: list[Callable[[Job], None]] = []
+        self.registry = registry if registry is not None else JobRegistry()
+        self.credits_remaining: int | None = None
+        self._warned_low = False
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return self._transport.base_url
+
+    @property
+    def is_sandbox(self) -> bool:
+        """True for a loopback server: every view says SANDBOX so nobody mistakes it for the real thing."""
+        return is_sandbox_url(self.base_url)
+
+    @property
+    def has_key(self) -> bool:
+        return self._transport.has_key
+
+    @property
+    def backend(self) -> str:
+        return "sandbox" if self.is_sandbox else "vydra"
+
+    @property
+    def host(self) -> str | None:
+        """The server's identity in the history and the job registry (host, with its port on loopback)."""
+        return host_key(self.base_url)
+
+    @property
+    def download_dir(self) -> Path:
+        """Where results are saved: the ``download_dir`` given, else ``_default_download_dir()``."""
+        return self._download_dir if self._download_dir is not None else self._default_download_dir()
+
+    def _default_download_dir(self) -> Path:
+        return download_home()
+
+    @property
+    def max_download_bytes(self) -> int:
+        return self.downloads.max_download_bytes
+
+    @max_download_bytes.setter
+    def max_download_bytes(self, value: int) -> None:
+        self.downloads.max_download_bytes = value
+
+    @property
+    def download_timeout(self) -> float:
+        return self.downloads.download_timeout
+
+    @download_timeout.setter
+    def download_timeout(self, value: float) -> None:
+        self.downloads.download_timeout = value
+
+    @property
+    def requests_sent(self) -> int:
+        return self._transport.requests_sent
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._transport.limiter
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, key={self._transport.key_hint})"
+
+    def close(self) -> None:
+        self._transport.close()
+        self.downloads.close()
+
+    def __enter__(self) -> "APIClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def add_job_listener(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback(job)`` on every job this client creates or sees change (the history store)."""
+        if callback not in self._job_listeners:
+            self._job_listeners.append(callback)
+
+    def remove_job_listener(self, callback: Callable[[Job], None]) -> None:
+        if callback in self._job_listeners:
+            self._job_listeners.remove(callback)
+
+    def job_changed(self, job: Job) -> None:
+        """Tell this client's job listeners (the history store) about a new or changed job."""
+        for callback in list(self._job_listeners):
+            try:
+                callback(job)
+            except Exception:  # a broken listener must not break the submission or the tracker
+                log.exception("a job listener failed")
+
+    def _known(self, job_id: str) -> Job:
+        """The process's one Job for ``job_id`` on this server, made (empty) when none is known yet."""
+        return self.registry.adopt(Job(id=job_id, client=self, backend=self.backend, host=self.host))
+
+    def adopt(self, job: Job) -> Job:
+        """The process's one Job for ``job``'s id on this server: an already known object wins,
+        else ``job`` is attached to this client and becomes the known one (the history's rows
+        become jobs this way at resume)."""
+        if job.client is None:
+            job.client = self
+        job.host = job.host or self.host
+        job.backend = job.backend or self.backend
+        return self.registry.adopt(job)
+
+    # -- models -----------------------------------------------------------------------------
+    def models(self, provider: str | None = None, active: bool | None = None, *, refresh: bool = False) -> list[Model]:
+        """The model list, cached for ``model_cache_ttl`` seconds; filters apply to the cached list."""
+        with self._models_lock:
+            fresh = self._models is not None and time.monotonic() - self._models_at < self.model_cache_ttl
+            if refresh or not fresh:
+                resp = self._transport.send("GET", "/models", category=LIST)
+                self._models = _parse_models(resp.data)
+                self._models_at = time.monotonic()
+            models = list(self._models or [])
+        if provider is not None:
+            models = [m for m in models if m.provider == provider]
+        if active is not None:
+            models = [m for m in models if m.is_active == active]
+        return models
+
+    def model(self, slug: str) -> Model:
+        """One model by slug; an unknown slug raises NotFoundError naming the closest ones."""
+        models = self.models()
+        for m in models:
+            if m.slug == slug:
+                return m
+        slugs = [m.slug for m in models if m.is_active]  # an inactive model would only be refused next
+        close = difflib.get_close_matches(slug, slugs, n=3, cutoff=0.4)
+        close += [s for s in slugs if slug and slug.lower() in s.lower() and s not in close][:3]
+        hint = f" Did you mean {', '.join(close[:3])}?" if close else ""
+        raise NotFoundError(
+            f"Unknown model {slug!r}.{hint} See `%vydra models` for the list.", suggestions=close[:3]
+        )
+
+    # -- generation -------------------------------------------------------------------------
+    def estimate(self, model: str | Model, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> int | None:
+        """Credits a submission would cost, from the model list (no request for the job)."""
+        m = model if isinstance(model, Model) else self.model(model)
+        return m.price({**(params or {}), **kwargs})
+
+    def prepare(self, model: str | Model, params: Mapping[str, Any], /) -> tuple[Model, dict[str, Any]]:
+        """Validate ``params`` locally against the model's ``inputSchema``: the request that would be sent."""
+        m = model if isinstance(model, Model) else self.model(model)
+        body = {k: v for k, v in params.items() if v is not None}
+        m.validate(body)
+        return m, body
+
+    def generate(
+        self,
+        model: str | Model,
+        params: Mapping[str, Any] | None = None,
+        /,
+        *,
+        idempotency_key: str | None = None,
+        validate: bool = True,
+        **kwargs: Any,
+    ) -> Job:
+        """Submit a generation (``POST /models/{slug}``) and return its ``Job`` at once.
+
+        Parameters are validated locally first: a mistake costs no request and no credit. The
+        request carries an ``Idempotency-Key`` and is never retried in a way that could charge twice.
+        Job listeners (the history store) hear of the job before this returns. ``model`` and
+        ``params`` are positional-only, so a schema parameter may itself be called ``model``
+        (Grok Imagine's is); parameters can be keywords or a mapping.
+        """
+        params = {**(params or {}), **kwargs}
+        if validate:
+            m, body = self.prepare(model, params)
+            slug = m.slug
+        else:
+            slug = model.slug if isinstance(model, Model) else str(model)
+            body = {k: v for k, v in params.items() if v is not None}
+        if not slug or "/" in slug or slug.startswith("."):
+            raise ValidationError(f"{slug!r} is not a model slug.", field="model")
+        key = idempotency_key or f"vydra-nb-{uuid.uuid4().hex}"
+        resp = self._transport.send("POST", f"/models/{slug}", category=GENERATE, json=body, idempotency_key=key)
+        data = resp.data if isinstance(resp.data, dict) else None
+        if data is None:
+            raise ResponseError(
+                f"The server accepted the {slug} request but its answer has no job (HTTP {resp.status}); "
+                "check `%vydra jobs --sync` before submitting again."
+            )
+        job_id = as_str(data.get("jobId")) or as_str(data.get("id"))
+        if not job_id:
+            if normalize_completed(data):
+                job_id = f"sync_{key.removeprefix('vydra-nb-')}"
+            else:
+                raise ResponseError(
+                    f"The server accepted the {slug} request but sent no job id; check `%vydra jobs --sync` "
+                    "before submitting again."
+                )
+        job = self.adopt(Job(id=job_id[:200], model=slug, params=dict(body), idempotency_key=key))
+        if "status" not in data:
+            data = {**data, "status": "pending"}
+        if "createdAt" not in data:
+            job.created_at = datetime.now(timezone.utc)
+        if not job.apply(data):
+            job._notify()  # listeners (the history store) hear of every accepted job
+        return job
+
+    # -- jobs -------------------------------------------------------------------------------
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        """The server's job view, as sent (``GET /jobs/{id}``): what ``Job.refresh`` applies."""
+        resp = self._transport.send("GET", f"/jobs/{_quote_id(job_id)}", category=STATUS)
+        if not isinstance(resp.data, dict):
+            raise ResponseError(f"The server's answer for job {job_id} is not a job object.")
+        return resp.data
+
+    def job(self, job_id: str) -> Job:
+        """A job by id, refreshed (``GET /jobs/{id}``): the process's one object for it, so
+        ``client.job(id) is client.job(id)`` and it is the one the tracker updates."""
+        data = self.job_status(job_id)
+        job = self._known(job_id)
+        job.apply(data)
+        return job
+
+    def cancel(self, job_id: str, *, job: Job | None = None) -> CancelResult:
+        """``DELETE /jobs/{id}``: cancel and report the refund.
+
+        The job's new state is then read back (one status check) so that its views and the
+        history show it cancelled with its refund; ``job`` is the object to update, if any.
+        """
+        resp = self._transport.send("DELETE", f"/jobs/{_quote_id(job_id)}", category=STATUS)
+        data = resp.data if isinstance(resp.data, dict) else {}
+        refund = data.get("refund") if isinstance(data.get("refund"), dict) else {}
+        result = CancelResult(
+            job_id=job_id,
+            success=data.get("success") is not False,
+            message=as_str(data.get("message")),
+            credits_refunded=as_int(refund.get("creditsRefunded")),
+            already_refunded=refund.get("alreadyRefunded") is True,
+        )
+        target = job if job is not None else self._known(job_id)
+        try:
+            target.apply(self.job_status(job_id))
+        except VydraError:
+            if result.success and not target.done:
+                target.apply({"status": "cancelled", "creditsRefunded": result.credits_refunded})
+        return result
+
+    def list_jobs(self, *, limit: int = 50, offset: int = 0, status: str | None = None) -> list[Job]:
+        """``GET /jobs`` where the server offers it (the live service does; the specification does not).
+
+        Raises NotFoundError when the server has no such endpoint.
+        """
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        resp = self._transport.send("GET", "/jobs", category=STATUS, params=params)
+        data = resp.data
+        rows = data.get("data", data.get("jobs")) if isinstance(data, dict) else data
+        jobs = []
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and (row.get("id") or row.get("jobId")):
+                job = self._known(str(row.get("id") or row.get("jobId"))[:200])
+                job.apply(row)
+                jobs.append(job)
+        return jobs
+
+    # -- organization -----------------------------------------------------------------------
+    def organization(self) -> Organization:
+        """``GET /organization``: balance and plan; warns (CreditWarning) when the balance is low."""
+        resp = self._transport.send("GET", "/organization", category=STATUS)
+        if not isinstance(resp.data, dict):
+            raise ResponseError("The server's /organization answer is not an object.")
+        org = Organization.from_api(resp.data)
+        self._note_balance(org.credits_remaining)
+        return org
+
+    # -- downloads --------------------------------------------------------------------------
+    def download_media(
+        self,
+        media: Media,
+        directory: Any,
+        job_id: str,
+        *,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
+    ) -> Path:
+        """Save one result file into ``directory`` (default ``download_dir``); see ``Downloader.fetch``."""
+        folder = Path(directory) if directory is not None else self.download_dir
+        return self.downloads.fetch(media, folder, job_id, max_bytes=max_bytes, timeout=timeout)
+
+    def _note_balance(self, remaining: int | None) -> None:
+        if remaining is None:
+            return
+        self.credits_remaining = remaining
+        threshold = self.credit_warning_threshold
+        if threshold is None:
+            return
+        if remaining < threshold and not self._warned_low:
+            self._warned_low = True
+            warnings.warn(
+                f"Only {remaining} Vydra credits remain (below {threshold}); top up before long jobs.",
+                CreditWarning,
+                stacklevel=3,
+            )
+        elif remaining >= threshold:
+            self._warned_low = False
+
+def normalize_completed(data: Mapping[str, Any]) -> bool:
+    return isinstance(data.get("status"), str) and data["status"].lower() in ("completed", "succeeded", "success")
+
+
+def _default_limits(overrides: Mapping[str, Limit] | None) -> dict[str, Limit]:
+    from vydra_nb.api.ratelimit import DEFAULT_LIMITS
+
+    merged = dict(DEFAULT_LIMITS)
+    merged.update(overrides or {})
+    return merged
+
+
+def _quote_id(job_id: str) -> str:
+    from urllib.parse import quote
+
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise ValidationError("A job id is needed, like job_abc123.", field="job_id")
+    return quote(job_id.strip(), safe="")
+
+
+def _parse_models(data: Any) -> list[Model]:
+    rows = data.get("data", data.get("models")) if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise ResponseError("The server's /models answer has no list of models.")
+    models = []
+    for row in rows:
+        if isinstance(row, dict) and isinstance(row.get("slug"), str) and row["slug"]:
+            models.append(Model.from_api(row))
+    return models

@@ -1,0 +1,1 @@
+"""The notebook layer: ``%vydra``/``%%vydra``, their argument parsing, and the studio widget."""
