@@ -110,6 +110,7 @@ class Job:
         self._changed = threading.Condition(self._lock)
         self._followers = 0  # trackers keeping this job up to date (``follow``)
         self._media: list[Media] | None = None
+        self._media_of: Any = None  # the output object ``_media`` was read from
         self._unsafe_warned = False
         self._listeners: list[Callable[[Job], None]] = []
         self._first_progress: tuple[float, float] | None = None
@@ -136,9 +137,10 @@ class Job:
         naming only its scheme (the URL itself is server text, and a front end would link it).
         """
         with self._lock:
-            if self._media is None:
+            if self._media is None or self._media_of is not self.output:
                 unsafe: list[str] = []
                 self._media = find_media(self.output, unsafe) if self.output else []
+                self._media_of = self.output
                 if unsafe and not self._unsafe_warned:
                     self._unsafe_warned = True
                     schemes = sorted({(urlsplit(u).scheme or "no scheme")[:20] for u in unsafe})
@@ -234,15 +236,12 @@ class Job:
                 self._last_progress = (now, float(self.progress))
             output = data.get("output")
             if isinstance(output, dict):
-                if output != self.output:
-                    self._media = None
                 self.output = output
             elif self.status == COMPLETED and self.output is None:
                 # Synchronous answers put the media at the top level (imageUrl, resultUrls, ...).
                 top = {k: v for k, v in data.items() if k not in known}
                 if find_media(top) or "text" in top:
                     self.output = top
-                    self._media = None
             err = data.get("error")
             if isinstance(err, dict):
                 self.error = {"code": as_str(err.get("code")), "message": as_str(err.get("message"))}
