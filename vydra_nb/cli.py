@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 QUICKSTART = "01_quickstart.ipynb"
@@ -82,12 +83,12 @@ def _write_manifest(media: Path, files: list[Path]) -> None:
         (media / MANIFEST).write_text(json.dumps([p.name for p in files]), encoding="utf-8")
 
 
-def _strip_widget_state(nb) -> None:
+def _strip_widget_state(nb: Any) -> None:
     """Drop saved widget state: a committed notebook's state points at a sandbox that no longer runs."""
     nb.metadata.pop("widgets", None)
 
 
-def _for_html(nb):
+def _for_html(nb: Any) -> Any:
     """A copy of ``nb`` for the static page: a live widget (no saved state) gets a text stand-in."""
     import copy
 

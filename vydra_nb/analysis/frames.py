@@ -331,7 +331,7 @@ def _provider_map(models: Mapping[str, str] | Iterable[Any] | None, client: Any)
     if isinstance(models, Mapping):
         return {str(k): str(v) for k, v in models.items()}
     if models is not None:
-        return {m.slug: m.provider or "unknown" for m in models}
+        return {m.slug: m.provider or "unknown" for m in models if not isinstance(m, str)}
     if client is None:
         client = current_session().existing_client  # only one the session already made: no surprise request
     if client is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 from datetime import datetime, timezone
 import logging
+import os
 import threading
 import time
 import uuid
@@ -53,7 +54,7 @@ class APIClient:
         credit_warning_threshold: int | None = 500,
         poll_policy: PollPolicy | None = None,
         time_scale: float = 1.0,
-        download_dir: str | Path | None = None,
+        download_dir: str | os.PathLike[str] | None = None,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD,
         download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
         registry: JobRegistry | None = None,
@@ -305,7 +306,8 @@ class APIClient:
         """
         resp = self._transport.send("DELETE", f"/jobs/{_quote_id(job_id)}", category=STATUS)
         data = resp.data if isinstance(resp.data, dict) else {}
-        refund = data.get("refund") if isinstance(data.get("refund"), dict) else {}
+        raw_refund = data.get("refund")
+        refund: dict[str, Any] = raw_refund if isinstance(raw_refund, dict) else {}
         result = CancelResult(
             job_id=job_id,
             success=data.get("success") is not False,

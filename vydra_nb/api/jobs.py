@@ -248,21 +248,21 @@ class Job:
             elif isinstance(err, str):
                 self.error = {"code": as_str(data.get("code")), "message": err}
             for attr, key in (("credits_charged", "creditsCharged"), ("credits_refunded", "creditsRefunded")):
-                value = as_int(data.get(key))
-                if value is not None:
-                    setattr(self, attr, max(0, value))
+                number = as_int(data.get(key))
+                if number is not None:
+                    setattr(self, attr, max(0, number))
             for attr, key in (("created_at", "createdAt"), ("started_at", "startedAt"), ("completed_at", "completedAt")):
-                value = as_datetime(data.get(key))
-                if value is not None:
+                when = as_datetime(data.get(key))
+                if when is not None:
                     if attr == "created_at" and self.created_at is None:
                         # A job reopened later counts its elapsed time from its creation, not from now.
-                        age = (_utcnow() - value).total_seconds()
+                        age = (_utcnow() - when).total_seconds()
                         self.submitted_at = time.monotonic() - max(0.0, min(age, 30 * 86400))
-                    setattr(self, attr, value)
+                    setattr(self, attr, when)
             for attr, key in (("refund_status", "refundStatus"), ("external_job_id", "externalJobId"), ("message", "message")):
-                value = as_str(data.get(key))
-                if value is not None:
-                    setattr(self, attr, value[:500])
+                text = as_str(data.get(key))
+                if text is not None:
+                    setattr(self, attr, text[:500])
             if self.model is None:
                 # The live job list names the model ``workflowSlug``; the reference's job view ``workflow``.
                 self.model = as_str(data.get("model")) or as_str(data.get("workflowSlug")) or as_str(data.get("workflow"))

@@ -236,7 +236,7 @@ class Model:
                     description=as_str(prop.get("description")),
                     minimum=prop.get("minimum") if isinstance(prop.get("minimum"), (int, float)) else None,
                     maximum=prop.get("maximum") if isinstance(prop.get("maximum"), (int, float)) else None,
-                    prices={str(k): as_int(v) for k, v in prices.items() if as_int(v) is not None} if prices else None,
+                    prices={str(k): n for k, v in prices.items() if (n := as_int(v)) is not None} if prices else None,
                 )
             )
         return out
@@ -314,7 +314,8 @@ class Model:
         # What JSON Schema cannot say comes first (so "" in a minLength field also reads "besides
         # spaces"), and holds even when the schema itself cannot be read.
         for key, value in params.items():
-            self._check_value(key, value, props.get(key) if isinstance(props.get(key), dict) else {})
+            prop = props.get(key)
+            self._check_value(key, value, prop if isinstance(prop, dict) else {})
         try:
             from jsonschema import exceptions as js_exc
             from jsonschema.validators import validator_for
@@ -333,7 +334,8 @@ class Model:
         """What the server refuses but JSON Schema alone lets through: a non-http(s) ``uri``, a
         ``minLength`` string of spaces, NaN or infinity (JSON has neither, so the request could not
         even be encoded), and lone surrogates (not Unicode text)."""
-        items = prop.get("items") if isinstance(prop.get("items"), dict) else {}
+        raw_items = prop.get("items")
+        items: dict[str, Any] = raw_items if isinstance(raw_items, dict) else {}
         values = value if isinstance(value, list) else [value]
         uri = "uri" in (prop.get("format"), items.get("format"))
         for item in values:
@@ -375,7 +377,7 @@ class Model:
         if error.validator == "type":
             expected = error.validator_value
             expected = expected if isinstance(expected, list) else [expected]
-            words = " or ".join(_TYPE_NAMES.get(t, t) for t in expected)
+            words = " or ".join(_TYPE_NAMES.get(str(t), str(t)) for t in expected)
             return f"{name} must be {words} (got {value!r})."
         if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             p = props.get(name or "", {})

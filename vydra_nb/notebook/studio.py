@@ -250,8 +250,8 @@ class Studio(W.VBox):
         reuse.on_click(lambda _b, m=model.slug, p=dict(params): self.load_settings(m, p))
         card = W.VBox([view, details, reuse], layout=W.Layout(border="1px solid #ddd", padding="6px"))
         card.add_class("vydra-card")
-        card.reuse_button = reuse  # type: ignore[attr-defined]
-        card.view = view  # type: ignore[attr-defined]
+        card.reuse_button = reuse
+        card.view = view
         self.jobs.append(job)
         self.cards.append((card, job, dict(params), cost))
         self.gallery.children = [card, *self.gallery.children]  # newest first

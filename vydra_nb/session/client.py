@@ -71,11 +71,11 @@ class Client(APIClient):
             self.history = store
             self.add_job_listener(lambda job: self.session.record(job, store))
 
-    @property  # type: ignore[override]
+    @property
     def credit_warning_threshold(self) -> int | None:
         if self._threshold is UNSET:
             return self.session.settings.low_credit_threshold
-        return self._threshold  # type: ignore[no-any-return]
+        return self._threshold
 
     @credit_warning_threshold.setter
     def credit_warning_threshold(self, value: int | None) -> None:

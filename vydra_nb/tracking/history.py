@@ -255,7 +255,8 @@ class History:
     def _query(
         self, base: str, *, since: float | None, model: str | None, status: str | None, unfinished: bool = False
     ) -> tuple[str, list[Any]]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if since is not None:
             where.append("created_at >= ?")
             args.append(since)
@@ -312,7 +313,7 @@ def job_from_row(row: dict[str, Any]) -> Job:
         created_at=dt(row.get("created_at")),
         started_at=dt(row.get("started_at")),
         completed_at=dt(row.get("completed_at")),
-        params=row.get("params") if isinstance(row.get("params"), dict) else {},
+        params=params if isinstance(params := row.get("params"), dict) else {},
         local_path=Path(row["local_path"]) if row.get("local_path") else None,
         backend=row.get("backend"),
         host=row.get("host"),
