@@ -335,6 +335,7 @@ def big_history(tmp_path_factory: pytest.TempPathFactory) -> History:
     return history
 
 
+@pytest.mark.timing
 def test_jobs_df_reads_100k_jobs_in_well_under_a_second(big_history: History) -> None:
     frames.jobs_df(history=big_history)  # warm the page cache, as a second call in a notebook would
     times = []

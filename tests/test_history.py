@@ -286,6 +286,7 @@ def test_the_api_key_is_never_stored() -> None:
 
 
 # -- cost --------------------------------------------------------------------------------------
+@pytest.mark.timing
 def test_recording_a_job_costs_about_a_millisecond(tmp_path: Path) -> None:
     history = History(tmp_path / "h.sqlite3")
     for i in range(2000):  # a history with some content, like a real one

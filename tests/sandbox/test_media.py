@@ -89,6 +89,7 @@ def test_video_moves(clip):
     assert np.abs(first[:150] - last[:150]).mean() < 2
 
 
+@pytest.mark.timing
 def test_video_render_is_fast(clip):
     _, elapsed = clip
     assert elapsed < 1.5, f"8 s 640x360 clip took {elapsed:.3f} s"
