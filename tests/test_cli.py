@@ -86,3 +86,33 @@ def test_other_notebook_by_name_without_extension(tmp_path: Path) -> None:
     assert (tmp_path / "demo-output" / "03_pricing_analysis.html").is_file()
     assert (tmp_path / "demo-output" / "03_pricing_analysis.ipynb").is_file()
     assert "no <video> element" not in proc.stderr
+
+
+def test_version_from_the_command_and_from_python_m(tmp_path: Path) -> None:
+    import vydra_nb
+
+    for command in ([sys.executable, "-m", "vydra_nb", "--version"], [sys.executable, "-m", "vydra_nb.cli", "--version"]):
+        proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == f"vydra-nb {vydra_nb.__version__}"
+
+
+def test_the_examples_are_package_data_not_a_checkout_path() -> None:
+    """`vydra-nb demo` finds the notebooks through the package (``vydra_nb.examples``), so it works
+    from a wheel; .ci/run installs the built wheel in a fresh venv and runs the demo from an empty folder."""
+    code = ("from importlib import resources; from vydra_nb.cli import _available_notebooks; "
+            "print(resources.files('vydra_nb.examples').joinpath('01_quickstart.ipynb').is_file(), "
+            "*_available_notebooks())")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path("/"), env=env, capture_output=True, text=True,
+                          timeout=60, check=False)  # from outside the checkout, as an installed package
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found, *names = proc.stdout.split()
+    assert found == "True"
+    assert {"01_quickstart", "02_prompt_iteration", "03_pricing_analysis"} <= set(names)
+
+
+def test_demo_writes_into_out_dir(tmp_path: Path) -> None:
+    proc = run_demo(tmp_path, "--out", "elsewhere")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "<video" in (tmp_path / "elsewhere" / "01_quickstart.html").read_text()

@@ -1,4 +1,8 @@
-"""The ``vydra-nb`` command: ``demo`` (the README's main job) and ``sandbox``."""
+"""The ``vydra-nb`` command (also ``python -m vydra_nb``): ``demo`` (the README's main job), ``sandbox``
+and ``--version``.
+
+The example notebooks ship inside the package (``vydra_nb.examples``; in a checkout that package is
+the ``notebooks/`` folder), so the demo runs from any folder after a plain ``pip install``."""
 
 from __future__ import annotations
 
@@ -8,19 +12,26 @@ import os
 import re
 import sys
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 QUICKSTART = "01_quickstart.ipynb"
 
 
 def _notebooks_dir() -> Path:
-    """The example notebooks: in a source checkout, beside the package."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "notebooks", here / "notebooks"):
-        if (candidate / QUICKSTART).exists():
-            return candidate
-    raise SystemExit("vydra-nb demo: the example notebooks were not found (run it from a source checkout).")
+    """The example notebooks: the ``vydra_nb.examples`` package data (``notebooks/`` in a checkout)."""
+    from importlib import resources
+
+    try:
+        # A package without __init__ (the notebooks folder) is a namespace package, whose files()
+        # is a MultiplexedPath: ask it for the quickstart, which is a real path, then its folder.
+        folder = Path(str(resources.files("vydra_nb.examples").joinpath(QUICKSTART))).parent
+    except (ModuleNotFoundError, TypeError):
+        folder = Path(__file__).resolve().parent.parent / "notebooks"
+    if not (folder / QUICKSTART).is_file():
+        raise SystemExit("vydra-nb demo: the example notebooks are missing from this installation "
+                         f"(looked in {folder}); reinstall vydra-nb.")
+    return folder
 
 
 def _find_notebook(name: str) -> Path | None:
@@ -110,7 +121,8 @@ def _progress(message: str) -> None:
 def demo(argv: list[str]) -> int:
     """Execute the quickstart headlessly; write the executed notebook and an HTML page that plays the video."""
     parser = argparse.ArgumentParser(prog="vydra-nb demo", description=demo.__doc__)
-    parser.add_argument("--output", "-o", default="demo-output", help="folder for the results (default: demo-output)")
+    parser.add_argument("--out", "--output", "-o", dest="output", default="demo-output",
+                        help="folder for the results, made if needed (default: ./demo-output)")
     parser.add_argument("--real", action="store_true", help="use the real service (needs VYDRA_API_KEY; costs credits)")
     parser.add_argument("--notebook", default=QUICKSTART,
                         help="which example notebook to run, with or without .ipynb (default: 01_quickstart)")
@@ -207,9 +219,14 @@ def demo(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: vydra-nb {demo,sandbox} [options]\n\n"
+        print("usage: vydra-nb {demo,sandbox} [options] | vydra-nb --version\n\n"
               "  demo     run the quickstart (or --notebook NAME) headlessly (sandbox unless --real) and write an HTML page\n"
               "  sandbox  run a local Vydra-compatible server with fake credits (prints export lines)")
+        return 0
+    if argv[0] in ("-V", "--version", "version"):
+        from vydra_nb.api.settings import VERSION
+
+        print(f"vydra-nb {VERSION}")
         return 0
     command, rest = argv[0], argv[1:]
     if command == "demo":

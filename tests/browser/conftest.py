@@ -43,17 +43,26 @@ SERVER_START_TIMEOUT = 90.0
 
 
 def _require_browser() -> None:
-    """Skip (with the reason) when the browser stack is not installed."""
+    """Skip (with the reason) when the browser stack is not installed, on a developer's machine.
+
+    In CI (``CI=true``) a missing browser is a failure, not a skip: a suite that passes without its
+    browser test proves nothing about what a user sees.
+    """
+    def missing(reason: str) -> None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"the browser test cannot run in CI: {reason}")
+        pytest.skip(reason)
+
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+        missing(f"{CHROMIUM} is missing (apt-get install chromium)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"playwright (Python) is not installed: {exc}")
+        missing(f"playwright (Python) is not installed: {exc}")
     try:
         import jupyterlab  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"jupyterlab is not installed: {exc}")
+        missing(f"jupyterlab is not installed: {exc}")
 
 
 @pytest.fixture(scope="session")
