@@ -23,8 +23,6 @@ def _notebooks_dir() -> Path:
     from importlib import resources
 
     try:
-        # A package without __init__ (the notebooks folder) is a namespace package, whose files()
-        # is a MultiplexedPath: ask it for the quickstart, which is a real path, then its folder.
         folder = Path(str(resources.files("vydra_nb.examples").joinpath(QUICKSTART))).parent
     except (ModuleNotFoundError, TypeError):
         folder = Path(__file__).resolve().parent.parent / "notebooks"

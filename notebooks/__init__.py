@@ -1,0 +1,1 @@
+"""The example notebooks, shipped as package data (``vydra_nb.examples``): `vydra-nb demo` runs them."""
