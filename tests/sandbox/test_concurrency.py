@@ -96,7 +96,7 @@ def test_concurrent_cancels_refund_once(make_sandbox):
 
 
 def test_concurrent_idempotent_submissions_charge_once(make_sandbox):
-    sb = make_sandbox(speed=1)
+    sb = make_sandbox(speed=1, idempotency=True)
     barrier = threading.Barrier(8)
 
     def submit(n: int) -> dict:

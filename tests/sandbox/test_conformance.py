@@ -231,7 +231,8 @@ def test_402_insufficient_credits(make_sandbox):
 
 # ----------------------------------------------------------------------------- GET /jobs/{id}
 
-def test_job_lifecycle(api):
+def test_job_lifecycle(make_sandbox):
+    api = Api(make_sandbox(progress="linear"))  # the smooth 0-99 progress is an option
     job_id = api.submit("veo3", {"prompt": "A serene lake", "aspect_ratio": "9:16"}).json()["jobId"]
     seen, progress = [], []
     deadline = time.monotonic() + 10
@@ -264,11 +265,18 @@ def test_job_lifecycle(api):
 
 
 def test_first_view_is_pending(make_sandbox):
-    sb = make_sandbox(speed=1)  # veo3: pending for ~3.6 s at real speed
+    sb = make_sandbox(speed=1, progress="linear")  # veo3: pending for a few seconds at real speed
     api = Api(sb)
     job_id = api.submit("veo3", {"prompt": "x"}).json()["jobId"]
     view = api.job(job_id)
     assert view["status"] == "pending" and view["progress"] == 0 and "startedAt" not in view
+
+
+def test_first_view_of_a_kie_model_has_no_progress_by_default(make_sandbox):
+    sb = make_sandbox(speed=1)  # default progress="provider": kie.ai reports states only
+    api = Api(sb)
+    view = api.job(api.submit("veo3", {"prompt": "x"}).json()["jobId"])
+    assert view["status"] == "pending" and "progress" not in view and "startedAt" not in view
 
 
 @pytest.mark.parametrize("slug,body,keys", [
@@ -305,7 +313,9 @@ def test_other_keys_jobs_are_invisible(sb, api):
 
 # ----------------------------------------------------------------------------- failure marker
 
-def test_fail_marker_content_violation(api, sb):
+def test_fail_marker_content_violation(make_sandbox):
+    sb = make_sandbox(progress="linear")  # to see the progress it failed at
+    api = Api(sb)
     job_id = api.submit("veo3", {"prompt": "a lake [fail]"}).json()["jobId"]
     view = api.wait(job_id)
     assert view["status"] == "failed"
@@ -445,7 +455,25 @@ def test_rate_limits_are_per_key(make_sandbox):
 
 # ----------------------------------------------------------------------------- idempotency
 
-def test_idempotent_replay(api, sb):
+def test_idempotency_key_ignored_by_default(api, sb):
+    """Nothing public documents idempotency keys: by default the header means nothing."""
+    headers = {"Idempotency-Key": "abc-123"}
+    first = api.submit("veo3", {"prompt": "x"}, headers=headers)
+    second = api.submit("veo3", {"prompt": "x"}, headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["jobId"] != second.json()["jobId"]
+    for r in (first, second):
+        assert "Idempotency-Key" not in r.headers and "Idempotent-Replayed" not in r.headers
+    assert sb.state()["charged"] == 350 and sum(sb.state()["jobs"].values()) == 2
+    other = api.submit("veo3", {"prompt": "y"}, headers=headers)  # no 409 either
+    assert other.status_code == 202 and "Idempotency-Key" not in other.headers
+    invalid = api.submit("veo3", {}, headers=headers)
+    assert invalid.status_code == 400 and "Idempotency-Key" not in invalid.headers
+
+
+def test_idempotent_replay(make_sandbox):
+    sb = make_sandbox(idempotency=True)
+    api = Api(sb)
     headers = {"Idempotency-Key": "abc-123"}
     first = api.submit("veo3", {"prompt": "x"}, headers=headers)
     assert first.status_code == 202 and first.headers["Idempotency-Key"] == "abc-123"
@@ -467,7 +495,9 @@ def test_idempotent_replay(api, sb):
     assert sb.state()["charged"] == 350
 
 
-def test_idempotency_key_order_of_fields_is_irrelevant(api, sb):
+def test_idempotency_key_order_of_fields_is_irrelevant(make_sandbox):
+    sb = make_sandbox(idempotency=True)
+    api = Api(sb)
     h = {"Idempotency-Key": "k"}
     a = api.submit("veo3", {"prompt": "x", "aspect_ratio": "1:1"}, headers=h)
     b = api.s.post(f"{sb.url}/models/veo3", data='{"aspect_ratio": "1:1", "prompt": "x"}', headers=h, timeout=5)
@@ -609,6 +639,7 @@ def test_image_png(fast, media):
     assert (out["width"], out["height"]) == (576, 1024)
     assert media.probe  # the renderer's probe agrees
     import io
+
     from PIL import Image
     assert Image.open(io.BytesIO(r.content)).size == (576, 1024)
 

@@ -73,7 +73,7 @@ def test_dropafter_processes_then_closes(make_sandbox):
 
 
 def test_500after_with_idempotency_key_retry_is_safe(make_sandbox):
-    sb = make_sandbox(faults="500after=1")
+    sb = make_sandbox(faults="500after=1", idempotency=True)  # replay is an option, off by default
     api = Api(sb)
     h = {"Idempotency-Key": "retry-1"}
     assert api.post("/models/elevenlabs-tts", TTS, headers=h).status_code == 500
@@ -81,6 +81,17 @@ def test_500after_with_idempotency_key_retry_is_safe(make_sandbox):
     r = api.post("/models/elevenlabs-tts", TTS, headers=h)
     assert r.status_code == 202 and r.headers["Idempotent-Replayed"] == "true"
     assert sb.state()["charged"] == 5
+
+
+def test_500after_without_idempotency_a_retry_charges_again(make_sandbox):
+    sb = make_sandbox(faults="500after=1")
+    api = Api(sb)
+    h = {"Idempotency-Key": "retry-1"}
+    assert api.post("/models/elevenlabs-tts", TTS, headers=h).status_code == 500
+    sb.set_faults(None)
+    r = api.post("/models/elevenlabs-tts", TTS, headers=h)
+    assert r.status_code == 202 and "Idempotent-Replayed" not in r.headers and "Idempotency-Key" not in r.headers
+    assert sb.state()["charged"] == 10 and sum(sb.state()["jobs"].values()) == 2
 
 
 def test_slow(make_sandbox):

@@ -102,7 +102,7 @@ def test_failing_image_job_stays_asynchronous(lapi):
 
 
 def test_processing_status(make_sandbox):
-    sb = make_sandbox(flavor="live", speed=10)  # veo3 runs ~9 s, pending ~0.36 s
+    sb = make_sandbox(flavor="live", speed=10, progress="linear")  # veo3: 5-16 s, pending 3-15 % of it
     api = Api(sb)
     job_id = api.submit("veo3", {"prompt": "x"}).json()["jobId"]
     view = api.wait(job_id, statuses=("processing",), timeout=5)

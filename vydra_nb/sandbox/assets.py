@@ -12,13 +12,21 @@ URL gets a synthetic result of the right kind and shape.
 
 Rendering itself is delegated to :mod:`vydra_nb.sandbox.media`, imported lazily so the server
 starts (and everything but the media bytes works) without the media dependencies.
+
+Uploads (``POST /upload``) are stored as they came, under ``uploads/`` in the same folder, and never
+evicted (they cannot be rendered again). Their type is sniffed from the bytes (:func:`sniff_image`),
+never taken from the file name or the declared type. A job whose ``image_url`` is an upload uses
+it: Kling's result takes the image's orientation, and every video that animates one names it.
 """
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import struct
 import sys
+import tempfile
 import threading
 import uuid
 from collections import OrderedDict
@@ -35,7 +43,15 @@ CONTENT_TYPES = {
     ".png": "image/png",
     ".wav": "audio/wav",
     ".txt": "text/plain; charset=utf-8",
+    ".jpg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
 }
+
+#: Upload limit (vydra-notes.md: "images up to 20 MB").
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Image types an upload may be, with the extension its stored copy gets.
+UPLOAD_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
 
 
 class MediaUnavailable(RuntimeError):
@@ -61,10 +77,97 @@ class Asset:
     height: int | None = None
     duration: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: an uploaded file: this path is the only copy (never rendered, never evicted)
+    fixed: Path | None = None
+    #: the name the uploader gave, for uploads
+    filename: str | None = None
 
     @property
     def content_type(self) -> str:
         return CONTENT_TYPES.get(Path(self.name).suffix, "application/octet-stream")
+
+
+# --------------------------------------------------------------------------- uploads
+
+def sniff_image(data: bytes) -> str | None:
+    """The image type the bytes really are (png, jpeg, webp, gif), from their magic numbers."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        if i + 9 <= len(data) and 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return (width, height) if width and height else None
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def image_size(data: bytes, mime: str) -> tuple[int, int] | None:
+    """(width, height) read from the image's header, or None if the header is not readable."""
+    try:
+        if mime == "image/png":
+            if data[12:16] != b"IHDR":
+                return None
+            size = struct.unpack(">II", data[16:24])
+        elif mime == "image/gif":
+            size = struct.unpack("<HH", data[6:10])
+        elif mime == "image/jpeg":
+            found = _jpeg_size(data)
+            if found is None:
+                return None
+            size = found
+        elif mime == "image/webp":
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                w = int.from_bytes(data[24:27], "little") + 1
+                h = int.from_bytes(data[27:30], "little") + 1
+                size = (w, h)
+            elif chunk == b"VP8L" and data[20] == 0x2F:
+                b0, b1, b2, b3 = data[21:25]
+                size = (1 + (((b1 & 0x3F) << 8) | b0), 1 + (((b3 & 0x0F) << 10) | (b2 << 2) | ((b1 & 0xC0) >> 6)))
+            elif chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+                w, h = struct.unpack("<HH", data[26:30])
+                size = (w & 0x3FFF, h & 0x3FFF)
+            else:
+                return None
+        else:
+            return None
+    except (struct.error, IndexError, ValueError):
+        return None
+    width, height = int(size[0]), int(size[1])
+    return (width, height) if width > 0 and height > 0 else None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(name: str | None, ext: str) -> str:
+    """The uploader's file name without any folder part, reduced to harmless characters."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    base = _UNSAFE.sub("_", base).strip("._")[:120]
+    return base or f"upload{ext}"
 
 
 class MediaStore:
@@ -100,8 +203,28 @@ class MediaStore:
             return None
         return self.get(parsed.path[len("/media/"):])
 
+    def add_upload(self, data: bytes, mime: str, filename: str | None,
+                   size: tuple[int, int] | None) -> Asset:
+        """Store an uploaded image as it came; it is served at ``/media/{asset.name}``."""
+        ext = UPLOAD_TYPES[mime]
+        token = secrets.token_hex(12)
+        folder = self.dir / "uploads"
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{token}{ext}"
+        target.write_bytes(data)
+        width, height = size if size is not None else (None, None)
+
+        def render(path: Path) -> None:  # pragma: no cover - an upload is never rendered
+            raise MediaUnavailable("uploads cannot be rendered again")
+        asset = Asset(f"upload_{token}{ext}", "image", render, width, height, fixed=target,
+                      filename=safe_filename(filename, ext))
+        self.add(asset)
+        return asset
+
     def path(self, asset: Asset) -> Path:
         """Render the asset if it is not on disk; return its path."""
+        if asset.fixed is not None:
+            return asset.fixed
         target = self.dir / asset.name
         with asset.lock:
             if not target.exists():
@@ -167,6 +290,18 @@ def _text_of(params: dict[str, Any]) -> str:
 
 def _speech_estimate(text: str) -> float:
     return max(1.0, round(len(text.split()) / 2.5, 2))
+
+
+def _aspect_of(asset: Asset | None) -> str | None:
+    """The catalog aspect ratio nearest to an image's shape."""
+    if asset is None or not asset.width or not asset.height:
+        return None
+    ratio = asset.width / asset.height
+    if ratio > 1.2:
+        return "16:9"
+    if ratio < 1 / 1.2:
+        return "9:16"
+    return "1:1"
 
 
 class OutputBuilder:
@@ -237,13 +372,17 @@ class OutputBuilder:
 
     def _generated_video(self, job: Job, title: str, text: str) -> dict[str, Any]:
         params = job.params
+        image = self._source(params.get("image_url"), "image")
+        if image is not None:  # one of our own images (an upload, a generated still): say so
+            text = f"{text}\nAnimating {image.filename or image.name}".strip()
         if job.model.slug == "asmr-generator":
             aspect, duration = "9:16", job.model.media_duration
         elif job.model.kind == "grok":
             aspect, duration = params.get("aspect_ratio") or "16:9", float(params.get("duration", 6))
         elif job.model.slug == "kling-motion-control":
             src = self._source(params.get("video_url"), "video")
-            aspect = "9:16"
+            # the character image decides the result's orientation, as it does upstream
+            aspect = _aspect_of(image) or "9:16"
             duration = min(10.0, src.duration) if src is not None and src.duration else job.model.media_duration
             text = text or f"Motion from {params.get('video_url')}"
         else:

@@ -49,6 +49,10 @@ class Model:
     media_duration: float = 8.0
     #: per-mode job durations for models whose mode changes the work (grok-imagine)
     mode_durations: dict[str, float] = field(default_factory=dict)
+    #: listed and served by the live flavor only (what vydra-notes.md reports beyond the reference)
+    live_only: bool = False
+    #: the live flavor answers it at once (200 with the result) instead of 202 and a job
+    synchronous: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,14 +98,19 @@ def _voice() -> dict[str, Any]:
 
 
 def build_catalog() -> list[Model]:
-    """The models the sandbox serves, in listing order (12, like the reference's example count)."""
+    """The models the sandbox serves, in listing order.
+
+    Twelve in the spec flavor, like the reference's example count; the live flavor adds the
+    ``live_only`` ones.
+    """
     return [
         Model(
             slug="veo3", name="Google Veo 3 — Video Generation", provider="kie-ai",
             credits_per_unit=175, pricing_unit="video",
             description="Generate high-quality videos from text prompts",
             input_schema=_schema(
-                {"prompt": _prompt("Text description of the video"), "aspect_ratio": _aspect("16:9")},
+                {"prompt": _prompt("Text description of the video"), "aspect_ratio": _aspect("16:9"),
+                 "image_url": _url("Optional still image to animate (for example from POST /upload)")},
                 ["prompt"],
             ),
             kind="video", duration_s=90, media_duration=8,
@@ -252,14 +261,24 @@ def build_catalog() -> list[Model]:
             ),
             kind="image", duration_s=10,
         ),
+        # vydra-notes.md: "Some routes use a slash in the slug (/models/elevenlabs/tts, answered
+        # synchronously)". Live flavor only, so the spec flavor lists the reference's twelve.
+        Model(
+            slug="elevenlabs/tts", name="ElevenLabs TTS", provider="elevenlabs",
+            credits_per_unit=5, pricing_unit="request",
+            description="Natural speech from text, answered at once",
+            input_schema=_schema({"text": _prompt("Text to speak"), "voice": _voice()}, ["text"]),
+            kind="speech", duration_s=5, live_only=True, synchronous=True,
+        ),
     ]
 
 
 class Catalog:
     """Lookup and filtering over the model list."""
 
-    def __init__(self, models: list[Model] | None = None) -> None:
-        self.models = models if models is not None else build_catalog()
+    def __init__(self, models: list[Model] | None = None, live: bool = False) -> None:
+        models = models if models is not None else build_catalog()
+        self.models = [m for m in models if live or not m.live_only]
         self._by_slug = {m.slug: m for m in self.models}
 
     def get(self, slug: str) -> Model | None:

@@ -4,8 +4,12 @@ Stdlib only: a ``ThreadingHTTPServer`` bound to 127.0.0.1, speaking HTTP/1.1 wit
 (every response carries ``Content-Length``) so a ``requests.Session`` reuses its connection as it
 would against the real service. This layer routes ``/api/v1`` to :mod:`.api`, applies injected
 faults around it (never to ``/health``, ``/media`` or ``/_sandbox``), serves media with byte
-ranges (browsers seek video), and exposes ``/_sandbox/state`` and ``/_sandbox/faults`` for tests
-that drive a sandbox running in another process.
+ranges (browsers seek video), and exposes ``/_sandbox/state``, ``/_sandbox/faults`` and
+``/_sandbox/jobs/{id}`` (a job's clock at one instant) for tests that drive a sandbox running in
+another process.
+
+Request bodies are read whole up to :data:`MAX_BODY` bytes (uploads are up to 20 MB); a larger
+body is read and discarded, and the API answers 413.
 """
 from __future__ import annotations
 
@@ -28,9 +32,11 @@ from .catalog import Catalog
 from .faults import NO_FAULT, Decision, FaultInjector, FaultSpec
 from .jobs import JobStore
 from .ledger import Ledger
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, plan_limits
 
 HOST = "127.0.0.1"
+#: Bodies up to this size are read into memory; larger ones are drained and refused with 413.
+MAX_BODY = 32 * 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -95,24 +101,38 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = do_OPTIONS = do_GET
 
-    def _read_body(self) -> bytes:
+    def _read_body(self) -> tuple[bytes, bool]:
+        """(body, oversized): a body over :data:`MAX_BODY` is read and discarded."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks, total, oversized = [], 0, False
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                    return (b"" if oversized else b"".join(chunks)), oversized
+                data = self.rfile.read(size)
+                total += len(data)
+                if total > MAX_BODY:
+                    oversized, chunks = True, []
+                elif not oversized:
+                    chunks.append(data)
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        if length > MAX_BODY:
+            remaining = length
+            while remaining > 0:
+                got = self.rfile.read(min(1 << 20, remaining))
+                if not got:
+                    raise OSError("client closed the connection mid-body")
+                remaining -= len(got)
+            return b"", True
+        return (self.rfile.read(length) if length > 0 else b""), False
 
     def _dispatch(self) -> None:
         sandbox = self.server.sandbox
         try:
-            body = self._read_body()
+            body, oversized = self._read_body()
         except (ValueError, OSError):
             self.close_connection = True
             return
@@ -125,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path.startswith("/_sandbox/"):
                 self._send(sandbox.control(self.command, path, body))
             elif path == API_PREFIX or path.startswith(API_PREFIX + "/"):
-                self._api(Request(self.command, path, query, self.headers, body))
+                self._api(Request(self.command, path, query, self.headers, body, oversized))
             else:
                 self._send(Response(404, {"error": "Not found"}))
         except (BrokenPipeError, ConnectionResetError):
@@ -238,7 +258,8 @@ class Sandbox:
 
     def __init__(self, *, credits: int = 10_000, speed: float = 1.0, faults: str | FaultSpec | None = None,
                  flavor: str = "spec", port: int = 0, api_key: str | None = None, seed: int | None = None,
-                 plan: str = "creator", media_limit_mb: float = 512, verbose: bool = False) -> None:
+                 plan: str = "creator", media_limit_mb: float = 512, verbose: bool = False,
+                 progress: str = "provider", durations: str = "realistic", idempotency: bool = False) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.speed = float(speed)
@@ -246,14 +267,20 @@ class Sandbox:
         self.plan = plan
         self.seed = seed
         self.verbose = verbose
+        self.progress, self.durations, self.idempotency = progress, durations, bool(idempotency)
+        limits = plan_limits(plan)  # ValueError for an unknown plan, before anything is started
         self.api_key = api_key or new_api_key()
         self.faults = FaultInjector(faults, default_seed=seed)
         self.ledger = Ledger(credits)
-        self.jobs = JobStore(self.ledger, speed=self.speed, seed=seed)
+        self.jobs = JobStore(self.ledger, speed=self.speed, seed=seed, progress=progress, durations=durations)
         self.store = MediaStore(media_limit_mb)
-        self.api = Api(catalog=Catalog(), ledger=self.ledger, jobs=self.jobs,
-                       limiter=RateLimiter(self.speed), outputs=OutputBuilder(self.store),
-                       keys={self.api_key}, flavor=flavor, plan=plan)
+        try:
+            self.api = Api(catalog=Catalog(live=flavor == "live"), ledger=self.ledger, jobs=self.jobs,
+                           limiter=RateLimiter(self.speed, plan=limits), outputs=OutputBuilder(self.store),
+                           keys={self.api_key}, flavor=flavor, plan=plan, idempotency=idempotency)
+        except ValueError:
+            self.store.close()
+            raise
         try:
             self._server = _Server((HOST, port), _Handler, self)
         except OSError:
@@ -269,7 +296,8 @@ class Sandbox:
         self._thread.start()
 
     def __repr__(self) -> str:
-        return f"<vydra_nb.sandbox.Sandbox url={self.url!r} flavor={self.flavor!r} speed={self.speed}>"
+        return (f"<vydra_nb.sandbox.Sandbox url={self.url!r} flavor={self.flavor!r} speed={self.speed} "
+                f"plan={self.plan!r} progress={self.progress!r}>")
 
     # -- control ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -291,10 +319,19 @@ class Sandbox:
             self.api.keys.add(key)
         return key
 
+    def job_timeline(self, job_id: str) -> dict[str, Any] | None:
+        """A job's clock at one instant: status, progress, elapsed and total real seconds, the
+        running fraction, its base duration and spread factor (None if there is no such job)."""
+        job = self.jobs.get(job_id)
+        return None if job is None else self.jobs.timeline(job)
+
     def control(self, method: str, path: str, body: bytes) -> Response:
-        """``/_sandbox/*``: the state and faults for out-of-process tests (no auth, loopback only)."""
+        """``/_sandbox/*``: state, faults and job clocks for out-of-process tests (no auth, loopback only)."""
         if path == "/_sandbox/state" and method == "GET":
             return Response(200, self.state())
+        if path.startswith("/_sandbox/jobs/") and method == "GET":
+            timeline = self.job_timeline(path[len("/_sandbox/jobs/"):])
+            return Response(404, {"error": "Job not found"}) if timeline is None else Response(200, timeline)
         if path == "/_sandbox/faults" and method == "POST":
             try:
                 data = json.loads(body or b"{}")
