@@ -10,8 +10,9 @@ handled safely; none may raise anything else.
 from __future__ import annotations
 
 import gzip
-import stat
+import logging
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,10 +25,10 @@ from typing import Any
 import pytest
 
 import vydra_nb
-from vydra_nb.session import current as current_session
-from vydra_nb.views import display as D
 from vydra_nb.api.jobs import Job
 from vydra_nb.api.media import Media
+from vydra_nb.session import current as current_session
+from vydra_nb.views import display as D
 
 from .rawserver import Reply, Seen, raw_server
 
@@ -361,6 +362,23 @@ def test_huge_credits_and_numbers(capsys: pytest.CaptureFixture[str]) -> None:
             pass  # Python refuses >4300-digit ints; a typed error is fine, a ValueError is not
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"error": "Insufficient credits", "creditsRequired": 1e999, "creditsRemaining": 5}',
+    b'{"error": "Insufficient credits", "creditsRequired": -1e999, "creditsRemaining": 1e999}',
+    b'{"error": "Insufficient credits", "creditsRequired": NaN, "creditsRemaining": -Infinity}',
+    b'{"error": "Insufficient credits", "creditsRequired": ' + b"9" * 400 + b', "creditsRemaining": "1e999"}',
+], ids=["inf", "minus-inf", "nan", "400-digits"])
+def test_a_402_whose_credit_counts_overflow_is_a_clean_error(raw: bytes) -> None:
+    """JSON's 1e999 is a float infinity in Python: int() of it raised OverflowError, not the 402."""
+    with serve(lambda req: Reply(402, raw=raw)) as api:
+        with pytest.raises(vydra_nb.InsufficientCreditsError) as info:
+            client_for(api.url).generate("veo3", validate=False, prompt="x")
+        assert api.count("POST") == 1
+    assert info.value.credits_required is None
+    assert info.value.credits_remaining in (None, 5)
+    assert str(info.value) == "Insufficient credits: Insufficient credits. Top up your plan or choose a cheaper model."
+
+
 def test_ten_megabyte_answers_are_handled_quickly() -> None:
     big_description = "d" * (10 * 1024 * 1024)
     models = {"data": [{"slug": "big", "description": big_description, "creditsPerUnit": 1, "isActive": True,
@@ -482,6 +500,8 @@ UNSAFE_URLS = [
     "https://cdn.example/x.mp4'><script>alert(1)</script>",
     "https://cdn.example/x\x00.mp4",
     "https://cdn.example/" + "a" * 5000 + ".mp4",
+    "https://[cdn.example/x.mp4",  # urlsplit raises "Invalid IPv6 URL"
+    "http://[::1]:99999/x.mp4",  # a port out of range
 ]
 
 
@@ -517,6 +537,28 @@ def test_a_safe_url_among_unsafe_ones_is_the_one_used() -> None:
     html_text = D.job_html(job)
     assert_inert(html_text)
     assert 'src="https://cdn.example/ok.mp4"' in html_text
+
+
+def test_unsafe_urls_are_reported_once_per_job_naming_only_their_scheme(caplog: pytest.LogCaptureFixture) -> None:
+    """A front end links URL-looking text in any log line it shows: the warning names schemes, once."""
+    urls = ["javascript:alert(document.domain)", " JAVASCRIPT:alert(2)", "https://[evil.example/x.mp4",
+            "www.evil.example:80/x.mp4", "file:///etc/passwd", "https://cdn.example/ok.mp4"]
+    view = job_view(status="completed", output={"videoUrls": urls})
+    caplog.set_level(logging.DEBUG, logger="vydra_nb")
+    with serve(lambda req: Reply(200, view)) as api:
+        job = client_for(api.url).job("job_h")
+        for _ in range(3):
+            assert [m.url for m in job.media] == ["https://cdn.example/ok.mp4"]
+            assert job.media_url == "https://cdn.example/ok.mp4"
+        D.job_html(job)
+        job.refresh()  # the same output again: still reported once
+        assert len(job.media) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    warnings = [m for m in messages if "not http(s)" in m]
+    assert warnings == ["job job_h: ignored 5 result URL(s) that are not http(s) (file, javascript, malformed https, "
+                        "other)"], messages
+    for message in messages:
+        assert "javascript:" not in message.lower() and "alert" not in message and "evil" not in message, message
 
 
 @pytest.mark.parametrize("status", ["failed", "cancelled", "running", "<img src=x onerror=alert(1)>", "completed"])

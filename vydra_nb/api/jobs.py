@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from vydra_nb.api.errors import DownloadError, JobCancelledError, JobFailedError, JobTimeoutError, VydraError
-from vydra_nb.api.media import Media, find_media, write_text
+from vydra_nb.api.media import Media, find_media, refusal_label, write_text
 from vydra_nb.api.models import PROMPT_FIELD_NAMES, CancelResult, as_datetime, as_int, as_str
 from vydra_nb.api.polling import PollPolicy, estimate_remaining
 
@@ -143,7 +142,7 @@ class Job:
                 self._media_of = self.output
                 if unsafe and not self._unsafe_warned:
                     self._unsafe_warned = True
-                    schemes = sorted({(urlsplit(u).scheme or "no scheme")[:20] for u in unsafe})
+                    schemes = sorted({refusal_label(u) for u in unsafe})
                     log.warning("job %s: ignored %d result URL(s) that are not http(s) (%s)",
                                 self.id, len(unsafe), ", ".join(schemes))
             return list(self._media)

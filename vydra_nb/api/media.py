@@ -74,8 +74,36 @@ def is_safe_url(url: Any) -> bool:
     """Only absolute http(s) URLs are ever displayed or fetched: no javascript:, data:, file: or paths."""
     if not isinstance(url, str) or len(url) > 4096 or any(c in url for c in "\x00\r\n\t <>\"'`"):
         return False
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # "Invalid IPv6 URL" (https://[x/...), a port out of range: not a URL to use
+        return False
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))
+
+
+def url_scheme(url: Any) -> str:
+    """What a message may say of a URL it refuses: its scheme ("javascript", "file"), never its text.
+
+    A front end links any URL-looking text it prints, so the rest of a server's URL stays out;
+    a scheme that is not a short plain word ("www.evil.example") is "other".
+    """
+    if not isinstance(url, str):
+        return "not text"
+    match = _SCHEME.match(url.lstrip(_C0_AND_SPACE))
+    if match is None:
+        return "no scheme"
+    scheme = match.group(1).lower()
+    return scheme if re.fullmatch(r"[a-z][a-z0-9+-]{0,15}", scheme) else "other"
+
+
+def refusal_label(url: Any) -> str:
+    """How a message names a URL ``is_safe_url`` refused: its scheme, or "malformed https"."""
+    scheme = url_scheme(url)
+    return f"malformed {scheme}" if scheme in ("http", "https") else scheme
 
 
 def find_media(output: Any, unsafe: list[str] | None = None) -> list[Media]:
