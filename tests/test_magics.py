@@ -13,9 +13,9 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import vydra_nb
-from vydra_nb.session import current as current_session
-from vydra_nb.notebook.magic_args import interpolate, parse_cell, request_bodies
 from vydra_nb.api.models import Model
+from vydra_nb.notebook.magic_args import interpolate, parse_cell, request_bodies
+from vydra_nb.session import current as current_session
 
 from .conftest import end_vydra_session
 

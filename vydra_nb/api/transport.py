@@ -27,7 +27,6 @@ from typing import Any
 
 import requests
 
-from vydra_nb.api.settings import VERSION, MISSING_KEY_MESSAGE, check_key_transport, mask_key, redact, resolve_base_url
 from vydra_nb.api.errors import (
     APIConnectionError,
     AuthenticationError,
@@ -44,6 +43,7 @@ from vydra_nb.api.errors import (
 )
 from vydra_nb.api.models import as_int
 from vydra_nb.api.ratelimit import Limit, RateLimiter
+from vydra_nb.api.settings import MISSING_KEY_MESSAGE, VERSION, check_key_transport, mask_key, redact, resolve_base_url
 
 log = logging.getLogger("vydra_nb")
 
