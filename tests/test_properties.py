@@ -36,15 +36,15 @@ import jsonschema
 import pytest
 import requests
 from hypothesis import HealthCheck, assume, given, note, settings
-from hypothesis.errors import InvalidArgument
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import vydra_nb
-from vydra_nb.session import current as current_session
 from vydra_nb.api.models import Model
 from vydra_nb.sandbox.catalog import Catalog, InputError, price, validate_input
+from vydra_nb.session import current as current_session
 
 # Moderate by default so the file runs in well under a minute; VYDRA_PROPERTY_EXAMPLES=1000 digs deeper.
 SETTINGS = settings(
@@ -595,3 +595,19 @@ def test_line_commands_refuse_nonsense_in_one_line(session: Session, line: str) 
     assert isinstance(result.error_in_exec, UsageError), shown[:500]
     assert "\n" not in shown and len(shown) <= MAX_ERROR_CHARS, shown[:500]
     assert session.box is box and box.running
+
+
+# -- 8. tab completion: whatever is half-typed, a list and never an exception -------------------
+@SETTINGS
+@given(
+    start=st.sampled_from(["%%vydra ", "%vydra ", "%vydra generate ", "%vydra jobs ", "%vydra help ", "%vydra sandbox ",
+                           "%%vydra veo3 ", "%%vydra grok-imagine --model ", "%vydra generate video-trim --start "]),
+    words=st.lists(st.one_of(st.sampled_from(['"', "'", "\\", "--", "-", "=", "--status", "--aspect-ratio", "9:16",
+                                              '"it\\"s', "--limit=", "{x", "$y"]),
+                             line_text(max_size=10)), max_size=6),
+    space=st.booleans(),
+)
+def test_completion_never_raises(session: Session, start: str, words: list[str], space: bool) -> None:
+    line = start + " ".join(words) + (" " if space else "")
+    got = session.magics.completions(line)
+    assert isinstance(got, list) and all(isinstance(w, str) for w in got), got

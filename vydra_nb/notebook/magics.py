@@ -9,21 +9,39 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
+import re
 import shlex
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections import ChainMap
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from IPython.core.error import StdinNotImplementedError, UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, needs_local_scope, no_var_expand
 from traitlets import Bool, Float, Int, Unicode, observe
 
-from vydra_nb.api.settings import USD_PER_CREDIT
 from vydra_nb.api.errors import VydraError, one_line, shown
-from vydra_nb.notebook.magic_args import GENERIC_FLAGS, flag_names, model_slug, parse_cell, request_bodies, split_line
+from vydra_nb.api.settings import USD_PER_CREDIT
+from vydra_nb.notebook.magic_args import (
+    GENERIC_FLAGS,
+    JOB_STATUSES,
+    LINE_PARSERS,
+    PARAM_PREFIX,
+    cell_flag_table,
+    cell_help,
+    command_summaries,
+    flag_names,
+    line_help,
+    model_slug,
+    param_flags,
+    parse_cell,
+    parse_line_command,
+    request_bodies,
+    shadowed,
+    split_line,
+)
 
 if TYPE_CHECKING:
     from vydra_nb.api.jobs import Job
@@ -35,32 +53,22 @@ log = logging.getLogger("vydra_nb")
 
 ERROR_CHARS = 300  # the longest error a cell shows; longer texts are cut with "…"
 
-COMMANDS = {
-    "models": "[--provider P] [--all]   models and prices",
-    "credits": "                         balance and plan",
-    "jobs": "[--status S] [--limit N] [--sync] [--resume]   recent jobs from the history",
-    "generate": "MODEL [flags]            submit without a prompt (e.g. video utilities)",
-    "job": "ID                        show (and track) a job",
-    "cancel": "ID                        cancel a job; credits are refunded",
-    "login": "                          enter an API key (kept in memory only)",
-    "logout": "                         forget the key",
-    "sandbox": "[--credits N] [--speed X] [--stop]   use a local sandbox server",
-    "studio": "                         the prompt-iteration widget",
-    "help": "[MODEL]                   commands, or a model's parameters and price",
-}
+# Each command and what `%vydra help` says of it, from its parser (magic_args.LINE_PARSERS).
+COMMANDS = command_summaries()
 
 # Line commands whose arguments are ids and plain options: ``{expr}`` and ``$var`` in them are
 # expanded from the user's variables, as IPython does for other line magics. ``generate`` (a cell
 # line without a body) and ``%%vydra`` lines are left alone: prompts use our own ``{name}`` filling.
 EXPANDED_COMMANDS = frozenset({"job", "cancel", "jobs", "models", "credits", "sandbox", "help"})
 
-# The statuses `%vydra jobs --status` accepts; "processing" is how some servers say "running",
-# and the history stores it as "running".
-JOB_STATUSES = {"pending": "pending", "processing": "running", "running": "running",
-                "completed": "completed", "failed": "failed", "cancelled": "cancelled"}
+__all__ = ["COMMANDS", "JOB_STATUSES", "VydraMagics", "load", "unload"]
 
-# What the option parser calls each type in its messages, as the cell flags do.
-_KIND_WORDS = {int: "a whole number", float: "a number", str: "a value"}
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _named(kind: Callable[[str], Any], name: str) -> Callable[[_F], _F]:
+    """``cell_magic(name)`` as the decorator it is (IPython annotates it as a union mypy cannot apply)."""
+    return cast("Callable[[_F], _F]", kind(name))
 
 
 def _dollars(credits: int | None) -> str:
@@ -83,6 +91,27 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise UsageError(one_line(str(exc), ERROR_CHARS)) from None
 
     return wrapper
+
+
+def show_text(text: str) -> None:
+    """Show text that holds a server's words (descriptions, names) or a request body.
+
+    As a mimebundle: escaped HTML for notebook front ends, which autolink plain text (so a
+    ``javascript://x`` in a description would become a link), and the same text for terminals and
+    saved notebooks read as text. The ``text/plain`` part is exactly what was printed before.
+    """
+    import html
+
+    from IPython.display import display
+
+    display({"text/plain": text, "text/html": f"<pre>{html.escape(text)}</pre>"}, raw=True)
+
+
+def _namespace(user_ns: Mapping[str, Any], local_ns: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The names a ``{placeholder}`` may use: the caller's local variables first, then the user's."""
+    if local_ns is None or local_ns is user_ns:
+        return user_ns
+    return ChainMap(dict(local_ns), dict(user_ns))
 
 
 @magics_class
@@ -124,6 +153,11 @@ class VydraMagics(Magics):
 
     # -- session ----------------------------------------------------------------------------
     @property
+    def user_ns(self) -> dict[str, Any]:
+        """The user's variables (an empty dict for magics made without a shell)."""
+        return self.shell.user_ns if self.shell is not None else {}
+
+    @property
     def client(self) -> Client:
         """The session's client: the sandbox's, or one from `%vydra login` / VYDRA_API_KEY."""
         return self.session.client
@@ -143,19 +177,21 @@ class VydraMagics(Magics):
         return "SANDBOX" if client is not None and client.is_sandbox else "vydra.ai"
 
     # -- %%vydra ----------------------------------------------------------------------------
+    @needs_local_scope
     @no_var_expand
-    @cell_magic("vydra")
+    @_named(cell_magic, "vydra")
     @user_errors
-    def vydra_cell(self, line: str, cell: str) -> Any:
-        """%%vydra MODEL [--param VALUE ...] [-o NAME] [--wait] [--dry-run] [--max-credits N]
-
-        The cell body is the prompt; {names} are filled from your variables ({{ for a brace).
-        """
+    def vydra_cell(self, line: str, cell: str, local_ns: Mapping[str, Any] | None = None) -> Any:
         slug = model_slug(line)
         if "--sandbox" in split_line(line) and self.session.sandbox is None:
             self.use_sandbox()
         model = self.client.model(slug)
-        cmd = parse_cell(line, cell, model, self.shell.user_ns if self.shell else {})
+        cmd = parse_cell(line, cell, model, _namespace(self.user_ns, local_ns))
+        if cmd.timeout is not None and not (cmd.wait or self.default_wait):
+            own = shadowed(model)
+            hint = (f", or give {slug}'s own `timeout` parameter as {param_flags(model)['timeout']}"
+                    if "timeout" in own else "")
+            raise UsageError(f"--timeout limits how long --wait waits, and this cell does not wait; add --wait{hint}.")
         bodies = request_bodies(cmd, model)
         client = self.client
         for body in bodies:  # every combination is checked before any is sent
@@ -177,7 +213,7 @@ class VydraMagics(Magics):
             return self._sweep(cmd, model, bodies)
         job = client.generate(model, bodies[0])
         if cmd.output_var:
-            self.shell.user_ns[cmd.output_var] = job
+            self.user_ns[cmd.output_var] = job
         if cmd.wait or self.default_wait:
             self._show(job)
             finished = self._wait(job, cmd.timeout)
@@ -193,29 +229,32 @@ class VydraMagics(Magics):
         return job
 
     def _dry_run(self, model: Model, bodies: list[dict[str, Any]], total: int | None, cmd: Any = None) -> None:
+        """Show each request and the cost (one mimebundle: the body holds a prompt and a server's slug)."""
         import json
 
         label = " · SANDBOX" if self.client.is_sandbox else ""
+        lines = []
         for body in bodies:
-            print(f"POST {self.client.base_url}/models/{model.slug}{label}")
-            print(json.dumps(body, indent=2, ensure_ascii=False))
+            lines.append(f"POST {self.client.base_url}/models/{model.slug}{label}")
+            lines.append(json.dumps(body, indent=2, ensure_ascii=False))
         unit = f"per {model.pricing_unit}" if model.pricing_unit else "each"
         shown = total if total is not None else "?"
         if len(bodies) > 1:
             cost = f"{len(bodies)} requests, {shown} credits ({_dollars(total)}) in all"
         else:
             cost = f"{shown} credits ({_dollars(total)}) {unit}"
-        print(f"Cost: {cost}. Nothing was sent (--dry-run).")
+        lines.append(f"Cost: {cost}. Nothing was sent (--dry-run).")
         # What the same cell without --dry-run would do: a dry run that says nothing of a refusal
         # to come is taken for a green light.
         max_credits = cmd.max_credits if cmd is not None else None
         if max_credits is not None and total is None:
-            print(f"Warning: the price is not known, so the real run would be refused by --max-credits {max_credits}.")
+            lines.append(f"Warning: the price is not known, so the real run would be refused by --max-credits {max_credits}.")
         elif max_credits is not None and total is not None and total > max_credits:
-            print(f"Warning: the real run would be refused: {total} credits is above --max-credits {max_credits}.")
+            lines.append(f"Warning: the real run would be refused: {total} credits is above --max-credits {max_credits}.")
         elif self._asks_first(total) and not (cmd and cmd.yes):
-            print(f"Note: the real run would ask before submitting: {total} credits is above "
-                  f"VydraMagics.confirm_above={self.confirm_above} (--yes skips the question).")
+            lines.append(f"Note: the real run would ask before submitting: {total} credits is above "
+                         f"VydraMagics.confirm_above={self.confirm_above} (--yes skips the question).")
+        show_text("\n".join(lines))
 
     def _asks_first(self, total: int | None) -> bool:
         """Whether a submission of ``total`` credits asks for confirmation (``confirm_above``)."""
@@ -244,7 +283,7 @@ class VydraMagics(Magics):
         result = sweep(model, cmd.prompts or None, parameters=grid, client=self.client,
                        confirm_above=None, max_credits=cmd.max_credits)
         if cmd.output_var:
-            self.shell.user_ns[cmd.output_var] = result
+            self.user_ns[cmd.output_var] = result
         if cmd.wait or self.default_wait:
             try:
                 result.wait(cmd.timeout)
@@ -295,57 +334,62 @@ class VydraMagics(Magics):
             except VydraError as exc:
                 print(f"Could not save {job.id}'s result: {exc}", file=sys.stderr)
 
+    vydra_cell.__doc__ = cell_help()
+
     # -- %vydra -----------------------------------------------------------------------------
+    @needs_local_scope
     @no_var_expand
-    @line_magic("vydra")
+    @_named(line_magic, "vydra")
     @user_errors
-    def vydra_line(self, line: str) -> Any:
-        """%vydra models | credits | jobs | job ID | cancel ID | login | logout | sandbox | studio | help"""
+    def vydra_line(self, line: str, local_ns: Mapping[str, Any] | None = None) -> Any:
         tokens = split_line(line)
+        if tokens and tokens[0] != "generate":  # a generate line holds a cell's flags, kept as typed
+            tokens = split_line(line, comments=True)
         if not tokens:
             return self._help([])
         if tokens[0] in EXPANDED_COMMANDS and ("$" in line or "{" in line):
-            tokens = split_line(self._expand(line))
+            tokens = split_line(self._expand(line, local_ns), comments=True)
         command, args = tokens[0], tokens[1:]
-        handler = getattr(self, f"_cmd_{command}", None)
+        handler = getattr(self, f"_cmd_{command}", None) if command in LINE_PARSERS else None
         if handler is None:
             import difflib
 
             close = difflib.get_close_matches(command, list(COMMANDS), n=1)
             hint = f" Did you mean `%vydra {close[0]}`?" if close else ""
-            raise UsageError(f"Unknown command {command!r}.{hint} Try `%vydra help`.")
+            raise UsageError(f"Unknown command {shown(command)}.{hint} Try `%vydra help`.")
         return handler(args)
 
-    def _expand(self, line: str) -> str:
-        """``{expr}`` and ``$var`` expanded by IPython's own ``var_expand``, in the user's frame.
+    vydra_line.__doc__ = line_help()
+
+    def _expand(self, line: str, local_ns: Mapping[str, Any] | None = None) -> str:
+        """``{expr}`` and ``$var`` expanded as IPython expands other magics' lines.
 
         The line magic opts out of IPython's expansion (``@no_var_expand``) so that a ``generate``
         line reaches us as typed; for the commands that take ids this does what IPython would
-        have done. ``var_expand`` reads the local variables of the frame ``depth`` levels above
-        its caller: IPython passes its own distance to the user's frame (``_stack_depth``) from
-        ``run_line_magic``, so we add how far below ``run_line_magic`` this method runs (a
-        ``%vydra`` line inside a function sees that function's variables, as ``%time`` would).
-        Called other than through ``run_line_magic``, only the user namespace is used.
+        have done, with IPython's own formatter, over the user's namespace and the caller's local
+        variables (``@needs_local_scope``: a ``%vydra`` line inside a function sees that
+        function's variables, as ``%time`` would). What cannot be expanded stays as typed, as in
+        IPython's ``var_expand``.
         """
-        from IPython.core.interactiveshell import InteractiveShell
+        from IPython.utils.text import DollarFormatter
 
-        target = InteractiveShell.run_line_magic.__code__
-        frame, depth = sys._getframe(0), 0
-        while frame is not None and frame.f_code is not target:
-            frame, depth = frame.f_back, depth + 1
-        if frame is None:  # deeper than the stack: var_expand falls back on the user namespace
-            return self.shell.var_expand(line, depth + 1)
-        stack_depth = frame.f_locals.get("_stack_depth", 1)
-        return self.shell.var_expand(line, depth + (stack_depth if isinstance(stack_depth, int) else 1))
+        names = dict(self.user_ns)
+        if local_ns is not None:
+            names.update(local_ns)
+        try:
+            return DollarFormatter().vformat(line, args=[], kwargs=names)
+        except Exception:  # noqa: BLE001 - IPython's rule: a line it cannot expand is used as typed
+            return line
 
     def _cmd_generate(self, args: list[str]) -> Any:
         """``%vydra generate MODEL [flags]``: a cell with no body, for models that take no prompt."""
         if not args:
-            raise UsageError("Usage: %vydra generate MODEL [flags]")
+            raise UsageError(f"Usage: {LINE_PARSERS['generate'].usage_line()}")
         return self.vydra_cell(shlex.join(args), "")
 
     def _cmd_help(self, args: list[str]) -> None:
-        return self._help(args)
+        topic = parse_line_command("help", args).topic
+        return self._help([topic] if topic else [])
 
     def _help(self, args: list[str]) -> None:
         if not args:
@@ -355,21 +399,26 @@ class VydraMagics(Magics):
             print("%vydra COMMAND")
             for name, text in COMMANDS.items():
                 print(f"    {name:<9}{text}")
-            print("Model flags come from each model's schema: `%vydra help MODEL`.")
+            print("Model flags come from each model's schema: `%vydra help MODEL`. A model parameter named "
+                  f"like a flag above (say `timeout`) is {PARAM_PREFIX}timeout. `%vydra help COMMAND`: its options.")
+            return
+        if args[0] in LINE_PARSERS:
+            print(LINE_PARSERS[args[0]].format_help().rstrip())
             return
         model = self.client.model(args[0])
         price = ", ".join(f"{c} credits" + (f" ({label})" if label else "") for label, c in model.price_variants())
         state = "" if model.is_active else "  [inactive]"
-        print(f"{model.slug} — {model.name or ''}{state}\n  {model.description or ''}")
-        print(f"  provider {model.provider}; price: {price} per {model.pricing_unit or 'request'}")
+        lines = [f"{model.slug} — {model.name or ''}{state}\n  {model.description or ''}",
+                 f"  provider {model.provider}; price: {price} per {model.pricing_unit or 'request'}"]
         if model.prompt_field:
-            print(f"  the cell body fills `{model.prompt_field}`")
+            lines.append(f"  the cell body fills `{model.prompt_field}`")
         from vydra_nb.api.models import bounds_text
 
         params = model.parameters
+        flags = param_flags(model)
         # Long flags (--keep-original-sound/--no-keep-original-sound) widen the column: the two
         # columns never run together.
-        width = max([28, *(len("/".join(flag_names(p))) + 2 for p in params)])
+        width = max([28, *(len("/".join(flag_names(p, flags[p.name]))) + 2 for p in params)])
         for p in params:
             bits = [p.type or "any"]
             if p.enum:
@@ -382,40 +431,22 @@ class VydraMagics(Magics):
                 bits.append(f"default {p.default}")
             if p.required:
                 bits.append("required")
-            flags = "/".join(flag_names(p))
-            print(f"    {flags:<{width}}{'; '.join(bits)}" + (f" — {p.description}" if p.description else ""))
-
-    def _opts(self, args: list[str], spec: dict[str, type], command: str = "") -> dict[str, Any]:
-        """Tiny option parser: ``--name value`` for typed options, ``--flag`` for booleans."""
-        out: dict[str, Any] = {}
-        it = iter(args)
-        for token in it:
-            name, eq, inline = token.partition("=")
-            if name not in spec:
-                if not spec:
-                    raise UsageError(f"`%vydra {command}` takes no options (got {shown(token)}).")
-                raise UsageError(f"Unknown option {shown(token)} for `%vydra {command}`; options: {', '.join(spec)}.")
-            kind = spec[name]
-            key = name.lstrip("-").replace("-", "_")
-            if kind is bool:
-                if eq:
-                    raise UsageError(f"{name} takes no value (got {shown(inline)}).")
-                out[key] = True
-                continue
-            raw = inline if eq else next(it, None)
-            if raw is None:
-                raise UsageError(f"{name} needs a value.")
-            try:
-                out[key] = kind(raw)
-            except ValueError:
-                raise UsageError(f"{name} needs {_KIND_WORDS.get(kind, kind.__name__)}, not {shown(raw)}.") from None
-        return out
+            names = "/".join(flag_names(p, flags[p.name]))
+            lines.append(f"    {names:<{width}}{'; '.join(bits)}" + (f" — {p.description}" if p.description else ""))
+        for name, cell_flag in shadowed(model).items():
+            if cell_flag == "--out":  # only an alias of -o: refused on this model rather than guessed
+                lines.append(f"  `{name}` is named like --out, the cell's -o: give {model.slug}'s `{name}` as "
+                             f"{flags[name]} (--out alone is refused here as ambiguous).")
+            else:
+                lines.append(f"  `{name}` is named like the cell's own {cell_flag}, which keeps its meaning: "
+                             f"give {model.slug}'s `{name}` as {flags[name]}.")
+        show_text("\n".join(lines))
 
     def _cmd_models(self, args: list[str]) -> Any:
         from vydra_nb.analysis.frames import models_df
 
-        opts = self._opts(args, {"--provider": str, "--all": bool}, "models")
-        provider, active_only = opts.get("provider"), not opts.get("all")
+        opts = parse_line_command("models", args)
+        provider, active_only = opts.provider, not opts.all
         if provider is not None:
             every = self.client.models()
             matching = [m for m in every if m.provider == provider]
@@ -429,7 +460,7 @@ class VydraMagics(Magics):
     def _cmd_credits(self, args: list[str]) -> None:
         import warnings
 
-        self._opts(args, {}, "credits")
+        parse_line_command("credits", args)
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             org = self.client.organization()
@@ -440,24 +471,16 @@ class VydraMagics(Magics):
             print(f"Warning: below {self.low_credit_threshold} credits; top up before long jobs.", file=sys.stderr)
 
     def _cmd_jobs(self, args: list[str]) -> Any:
-        opts = self._opts(args, {"--status": str, "--limit": int, "--sync": bool, "--resume": bool, "--model": str}, "jobs")
-        status = opts.get("status")
-        if status is not None:
-            if status.lower() not in JOB_STATUSES:
-                raise UsageError(f"--status must be one of {', '.join(JOB_STATUSES)} (got {shown(status)}).")
-            status = JOB_STATUSES[status.lower()]
-        limit = opts.get("limit", 20)
-        if limit < 1:
-            raise UsageError(f"--limit needs a whole number of at least 1, not {limit}.")
-        if opts.get("sync"):
+        opts = parse_line_command("jobs", args)  # --status is checked and mapped to the history's word
+        if opts.sync:
             self._sync()
-        if opts.get("resume"):
+        if opts.resume:
             count = self.resume()
             print(f"Resumed tracking {count} unfinished job(s).")
         from vydra_nb.analysis.frames import jobs_df
 
-        df = jobs_df(model=opts.get("model"), status=status)
-        return df.head(limit)
+        df = jobs_df(model=opts.model, status=opts.status)
+        return df.head(opts.limit)
 
     SYNC_PAGE = 100
     SYNC_MAX = 2000  # 20 status checks: a fifth of a minute's budget, far past any lost job's age
@@ -489,30 +512,28 @@ class VydraMagics(Magics):
         return self.session.resume()
 
     def _cmd_job(self, args: list[str]) -> Any:
-        if len(args) != 1:
-            raise UsageError("Usage: %vydra job ID")
+        job_id = parse_line_command("job", args).id
         from vydra_nb.tracking.history import job_from_row
 
         client = self.client
-        known = client.registry.get(client.host, args[0])
+        known = client.registry.get(client.host, job_id)
         if known is not None and known.done:
             return known
-        row = self.session.history().get(args[0])
+        row = self.session.history().get(job_id)
         if row is not None and row.get("status") in ("completed", "failed", "cancelled"):
             return client.adopt(job_from_row(row))
-        with self._job_not_found(args[0]):
-            job = client.job(args[0])
+        with self._job_not_found(job_id):
+            job = client.job(job_id)
         if row is not None and not job.params:
             job.params = row.get("params") or {}
         return job
 
     def _cmd_cancel(self, args: list[str]) -> None:
-        if len(args) != 1:
-            raise UsageError("Usage: %vydra cancel ID")
+        job_id = parse_line_command("cancel", args).id
         client = self.client
-        live = client.registry.get(client.host, args[0])
-        with self._job_not_found(args[0]):
-            result = client.cancel(args[0], job=live)  # updates the live view and the history
+        live = client.registry.get(client.host, job_id)
+        with self._job_not_found(job_id):
+            result = client.cancel(job_id, job=live)  # updates the live view and the history
         print(str(result))
 
     @contextlib.contextmanager
@@ -531,6 +552,7 @@ class VydraMagics(Magics):
     def _cmd_login(self, args: list[str]) -> None:
         import getpass
 
+        parse_line_command("login", args)
         key = getpass.getpass("Vydra API key (kept in memory only): ").strip()
         if not key:
             raise UsageError("No key entered; nothing changed.")
@@ -545,30 +567,28 @@ class VydraMagics(Magics):
                 print(f"Resumed tracking {count} unfinished job(s) from earlier sessions.")
 
     def _cmd_logout(self, args: list[str]) -> None:
+        parse_line_command("logout", args)
         self.session.logout()
         print("Forgot the API key for this session.")
 
     def _cmd_sandbox(self, args: list[str]) -> None:
-        opts = self._opts(args, {"--credits": int, "--speed": float, "--stop": bool}, "sandbox")
-        speed, credits = opts.get("speed"), opts.get("credits")
-        # Checked here so a typo is a one-line UsageError, not the sandbox's ValueError traceback.
-        if speed is not None and not (math.isfinite(speed) and speed > 0):
-            raise UsageError(f"--speed needs a positive number, not {speed}.")
-        if credits is not None and credits < 0:
-            raise UsageError(f"--credits needs a whole number of at least 0, not {credits}.")
-        if opts.get("stop"):
+        # The parser checks --speed (positive) and --credits (at least 0), so a typo is a one-line
+        # UsageError, not the sandbox's ValueError traceback.
+        opts = parse_line_command("sandbox", args)
+        if opts.stop:
             if not self.session.stop_sandbox():
                 print("No sandbox is running; nothing changed.")
                 return
             print("Sandbox stopped; the session uses the real service again.")
             return
-        box = self.use_sandbox(credits=opts.get("credits"), speed=opts.get("speed"))
+        box = self.use_sandbox(credits=opts.credits, speed=opts.speed)
         print(f"SANDBOX at {box.url} · {box.state()['balance']:,} fake credits · speed ×{box.speed:g}. "
               "Nothing here costs money.")
 
     def _cmd_studio(self, args: list[str]) -> Any:
         from vydra_nb.notebook.studio import studio
 
+        parse_line_command("studio", args)
         return studio(self.client)
 
     def display_job(self, job: Job) -> None:
@@ -582,40 +602,97 @@ class VydraMagics(Magics):
 
     # -- completion -------------------------------------------------------------------------
     def completions(self, line: str) -> list[str]:
-        """What may come next on a ``%%vydra``/``%vydra`` line (for the tab completer)."""
-        tokens = shlex.split(line) if line.count('"') % 2 == 0 and line.count("'") % 2 == 0 else line.split()
-        if line.endswith(" "):
-            tokens.append("")
-        if not tokens:
-            return []
-        magic, rest = tokens[0], tokens[1:]
-        prefix = rest[-1] if rest else ""
-        if magic == "%vydra":
-            if len(rest) <= 1:
-                return [c for c in COMMANDS if c.startswith(prefix)]
-            if rest[0] == "help" and len(rest) == 2:
-                return self._slugs(prefix)
-            return []
-        if magic != "%%vydra":
-            return []
-        if len(rest) <= 1:
-            return self._slugs(prefix)
+        """What may come next on a ``%%vydra``/``%vydra`` line (for the tab completer).
+
+        Never raises: a half-typed line (an open quote, a trailing backslash) is the normal case
+        here, and an exception in a completer prints a traceback at every Tab press. Unknown
+        models and servers that cannot be reached offer nothing.
+        """
         try:
-            model = self.client.model(rest[0])
+            return self._completions(_words_so_far(line))
         except VydraError:
             return []
-        previous = rest[-2] if len(rest) >= 2 else ""
-        for p in model.parameters:
-            if previous == p.flag and p.enum is not None and p.type != "boolean":
-                return [str(v) for v in p.enum if str(v).startswith(prefix)]
-        flags = [f for p in model.parameters for f in flag_names(p)] + list(GENERIC_FLAGS)
-        return [f for f in flags if f.startswith(prefix)] if prefix.startswith("-") or not prefix else []
+        except Exception:  # noqa: BLE001 - see above; kept for debugging, never shown while typing
+            log.debug("completion of %r failed", line[:200], exc_info=True)
+            return []
+
+    def _completions(self, words: list[str]) -> list[str]:
+        if not words:
+            return []
+        magic, rest = words[0], words[1:]
+        if magic == "%%vydra":
+            return self._cell_completions(rest)
+        if magic != "%vydra" or not rest:
+            return []
+        if len(rest) == 1:
+            return [c for c in COMMANDS if c.startswith(rest[0])]
+        command, args = rest[0], rest[1:]
+        if command == "generate":
+            return self._cell_completions(args)
+        if command == "help":
+            return (self._slugs(args[0]) + [c for c in COMMANDS if c.startswith(args[0])]) if len(args) == 1 else []
+        parser = LINE_PARSERS.get(command)
+        if parser is None or not parser.options:
+            return []  # job ID, cancel ID, credits...: nothing to offer
+        prefix = args[-1]
+        previous = args[-2] if len(args) >= 2 else ""
+        if prefix.startswith("-") and "=" in prefix:
+            previous, _, prefix = prefix.partition("=")
+        if previous in parser.value_options:
+            return [v for v in self._option_values(command, previous) if v.startswith(prefix)]
+        return [o for o in parser.options if o.startswith(prefix)] if not prefix or prefix.startswith("-") else []
+
+    def _option_values(self, command: str, option: str) -> list[str]:
+        if option == "--status":
+            return list(JOB_STATUSES)
+        if option == "--provider":
+            return sorted({m.provider for m in self.client.models() if m.provider})
+        return []
+
+    def _cell_completions(self, rest: list[str]) -> list[str]:
+        """``%%vydra MODEL --flag VALUE...`` (also the words after ``%vydra generate``)."""
+        if len(rest) <= 1:
+            return self._slugs(rest[0] if rest else "")
+        model = self.client.model(rest[0])
+        prefix, previous = rest[-1], rest[-2]
+        if prefix.startswith("-") and "=" in prefix:
+            previous, _, prefix = prefix.partition("=")
+        table = cell_flag_table(model)
+        if previous in table:
+            param, _, _ = table[previous]
+            if param.enum is not None and param.type != "boolean":
+                return [str(v) for v in param.enum if str(v).startswith(prefix)]
+        if prefix and not prefix.startswith("-"):
+            return []
+        flags = param_flags(model)
+        offered = [f for p in model.parameters for f in flag_names(p, flags[p.name])] + list(GENERIC_FLAGS)
+        return [f for f in offered if f.startswith(prefix)]
 
     def _slugs(self, prefix: str) -> list[str]:
         try:
             return [m.slug for m in self.client.models() if m.slug.startswith(prefix) and m.is_active]
         except VydraError:
             return []
+
+
+def _words_so_far(line: str) -> list[str]:
+    """The words of a line being typed, the last one possibly unfinished ("" after a space).
+
+    An open quote or a trailing backslash is not an error here: the text after it is the word
+    being typed.
+    """
+    lexer = shlex.shlex(line, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    words: list[str] = []
+    try:
+        words.extend(lexer)
+    except ValueError:  # "No closing quotation", "No escaped character": the word in progress
+        words.append(lexer.token)
+        return words
+    if line[-1:].isspace():
+        words.append("")
+    return words
 
 
 _MATCHER_NAME = "_make_matcher.<locals>.vydra_matcher"
@@ -635,6 +712,25 @@ def _make_matcher(magics: VydraMagics) -> Callable[..., Any]:
     return vydra_matcher
 
 
+# `%vydra jobs?`: IPython would look up an object named `jobs`; this shows the command's help
+# (or, for `%vydra veo3?`, the model's), as `%vydra?` shows the magic's.
+_HELP_END = re.compile(r"^(\s*)%vydra[ \t]+([\w.-]+)[ \t]*\?{1,2}[ \t]*$")
+
+
+def vydra_help_end(lines: list[str]) -> list[str]:
+    """An input transformer (IPython's ``input_transformers_cleanup``): ``%vydra WORD?`` -> ``%vydra help WORD``.
+
+    Only a line that is exactly that, and never in a ``%%`` cell, whose body is not Python.
+    """
+    if not lines or lines[0].lstrip().startswith("%%"):
+        return lines
+    out = []
+    for line in lines:
+        match = _HELP_END.match(line.rstrip("\r\n"))
+        out.append(f"{match.group(1)}%vydra help {match.group(2)}\n" if match else line)
+    return out
+
+
 def load(shell: Any) -> VydraMagics:
     """Register the magics, the completer, and how Job objects display; resume unfinished jobs.
 
@@ -649,18 +745,28 @@ def load(shell: Any) -> VydraMagics:
     completer = getattr(shell, "Completer", None)
     if completer is not None:
         completer.custom_matchers.append(_make_matcher(magics))
+    transformers = getattr(shell, "input_transformers_cleanup", None)
+    if transformers is not None:
+        transformers.append(vydra_help_end)
     if magics.resume_on_load:
         threading.Thread(target=_resume_quietly, args=(magics,), name="vydra-resume", daemon=True).start()
     return magics
 
 
 def unload(shell: Any) -> None:
-    """Remove what ``load`` added: the completer and the Job display hook (IPython offers no way
-    to remove registered magics; a later load replaces them)."""
+    """Remove what ``load`` added: the completer, the ``%vydra WORD?`` transformer and the Job
+    display hook (IPython offers no way to remove registered magics; a later load replaces them).
+
+    Matched by name, not identity: after ``%reload_ext`` the module's functions are new objects.
+    """
     completer = getattr(shell, "Completer", None)
     if completer is not None:
         completer.custom_matchers[:] = [m for m in completer.custom_matchers
                                         if getattr(m, "__qualname__", "") != _MATCHER_NAME]
+    transformers = getattr(shell, "input_transformers_cleanup", None)
+    if transformers is not None:
+        transformers[:] = [t for t in transformers if getattr(t, "__qualname__", "") != vydra_help_end.__qualname__
+                           or getattr(t, "__module__", "") != __name__]
     formatter = shell.display_formatter.ipython_display_formatter
     jobs_module = sys.modules.get("vydra_nb.api.jobs")
     if jobs_module is not None:
