@@ -3,10 +3,19 @@
 It prints two shell lines first (``export VYDRA_BASE_URL=...`` and ``export VYDRA_API_KEY=...``)
 so that ``eval "$(python -m vydra_nb.sandbox | head -2)"`` or copy-paste points a shell at it.
 The ``vydra-nb sandbox`` command delegates to :func:`main`.
+
+Run by another program (:mod:`vydra_nb.sandbox.process`, which gives a kernel's sandbox a process of
+its own), two options tie its life to that parent's: ``--exit-with-stdin`` stops the server when
+its stdin reaches end of file (the parent holds the pipe's other end; the operating system closes
+it when the parent dies, even by SIGKILL) and reads control lines from it; ``--parent-pid`` also
+stops it when it is no longer that process's child (the parent died and it was re-parented).
+Control lines on stdin, each answered by one line on stdout: ``add-key KEY`` (accept one more key
+for the organization; answers ``key-added KEY``).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -32,7 +41,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", default="creator", choices=["free", "creator", "pro", "enterprise"])
     parser.add_argument("--media-limit-mb", type=float, default=512, help="disk bound for rendered media")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no 'listening on' line on stderr")
+    parser.add_argument("--exit-with-stdin", action="store_true",
+                        help="stop at end of file on stdin, and read control lines from it (for a parent process)")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop when this process is no longer our parent (it died)")
     return parser
+
+
+def _serve_stdin(sb: object, stop: threading.Event, print_lock: threading.Lock) -> None:
+    """Read control lines from stdin until end of file (the parent closed it or died), then stop."""
+    try:
+        for line in sys.stdin:
+            command, _, arg = line.strip().partition(" ")
+            if command == "add-key" and arg:
+                sb.add_key(arg.strip())  # type: ignore[attr-defined]
+                answer = f"key-added {arg.strip()}"
+            elif command:
+                answer = f"error unknown command {command!r}"
+            else:
+                continue
+            with print_lock:
+                print(answer, flush=True)
+    except (OSError, ValueError):
+        pass
+    stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,13 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print_lock = threading.Lock()
     try:
-        print(f"export VYDRA_BASE_URL={shlex.quote(sb.url)}")
-        print(f"export VYDRA_API_KEY={shlex.quote(sb.api_key)}", flush=True)
-        print(f"# Vydra sandbox ({sb.flavor} flavor, speed {sb.speed:g}, {args.credits} credits) "
-              f"listening on {sb.root}; Ctrl-C to stop", file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            pass
+        with print_lock:
+            print(f"export VYDRA_BASE_URL={shlex.quote(sb.url)}")
+            print(f"export VYDRA_API_KEY={shlex.quote(sb.api_key)}", flush=True)
+        if not args.quiet:
+            print(f"# Vydra sandbox ({sb.flavor} flavor, speed {sb.speed:g}, {args.credits} credits) "
+                  f"listening on {sb.root}; Ctrl-C to stop", file=sys.stderr, flush=True)
+        if args.exit_with_stdin:
+            threading.Thread(target=_serve_stdin, args=(sb, stop, print_lock), name="vydra-sandbox-stdin",
+                             daemon=True).start()
+        # The parent check is a poll; stdin's end of file (when asked for) is seen at once.
+        while not stop.wait(0.25):
+            if args.parent_pid is not None and os.getppid() != args.parent_pid:
+                break
     finally:
         sb.stop()
         for sig, handler in previous.items():

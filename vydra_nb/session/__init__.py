@@ -150,13 +150,15 @@ class Session:
     def start_sandbox(self, *, credits: int, speed: float, **options: Any) -> Any:
         """Start a sandbox and make it this session's backend; a sandbox started before is stopped.
 
-        Returns the sandbox (``.url``, ``.api_key``, ``.speed``, ``.stop()``).
+        The server runs in a process of its own (``vydra_nb.sandbox.process``), so its media
+        rendering and job records do not grow the kernel; it ends with the kernel, even a killed
+        one. Returns it (``.url``, ``.api_key``, ``.speed``, ``.flavor``, ``.state()``, ``.stop()``).
         """
-        from vydra_nb import sandbox
+        from vydra_nb.sandbox import process
 
         with self._lock:
             self.stop_sandbox()
-            self._sandbox = sandbox.start(credits=credits, speed=speed, **options)
+            self._sandbox = process.spawn(credits=credits, speed=speed, **options)
             self._client = None
             return self._sandbox
 
