@@ -10,8 +10,7 @@ import pytest
 
 from vydra_nb.api.jobs import Job
 from vydra_nb.tracking.tracker import Tracker
-from vydra_nb.views.job_view import JobView, show_job
-from vydra_nb.views.job_view import WIDGET_MIME, JobDisplay
+from vydra_nb.views.job_view import CLOCK, WIDGET_MIME, JobDisplay, JobView, show_job
 
 
 def _run(client: Any, model: str = "veo3", **params: Any) -> tuple[Job, JobView, Tracker]:
@@ -212,6 +211,164 @@ def test_show_job_updates_the_display_id_with_the_final_bundle(shared_client: An
     job.download()  # the saved file path is written into the final output too
     assert len([c for c in calls if c[0] == "update"]) == 2
     assert shown._ipython_display_() is None
+
+
+# -- lifecycle: a view's widgets are closed once it has nothing left to show -------------------
+def _until(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _tree(*roots: Any) -> list[Any]:
+    """Every widget reachable from ``roots`` through synced traits (children, layout, style)."""
+    import ipywidgets as W
+
+    found: dict[int, Any] = {}
+    stack = list(roots)
+    while stack:
+        w = stack.pop()
+        if not isinstance(w, W.Widget) or id(w) in found:
+            continue
+        found[id(w)] = w
+        for name in w.keys:
+            value = w._trait_values.get(name)
+            stack.extend(value if isinstance(value, (list, tuple)) else [value])
+    return list(found.values())
+
+
+def _view_tree(view: JobView) -> list[Any]:
+    # ``result`` joins the children only at the end: count it from the start.
+    return _tree(view, view.header, view.bar, view.status, view.info, view.cancel_button, view.result,
+                 view.progress_row)
+
+
+def _open(widgets: list[Any]) -> list[Any]:
+    return [w for w in widgets if w.comm is not None]
+
+
+class _Handle:
+    """A display handle that notes, at each update, whether the view it replaces is still open."""
+
+    def __init__(self, log: list[Any], watched: list[Any]) -> None:
+        self.log, self.watched = log, watched
+
+    def update(self, obj: Any, **kw: Any) -> None:
+        self.log.append((obj, len(_open(self.watched))))
+
+
+def _fake_display(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any], list[Any]]:
+    shown: list[Any] = []
+    updates: list[Any] = []
+    watched: list[Any] = []
+
+    def display(obj: Any, **kw: Any) -> _Handle:
+        shown.append(obj)
+        return _Handle(updates, watched)
+
+    monkeypatch.setattr("IPython.display.display", display)
+    return shown, updates, watched
+
+
+@pytest.mark.parametrize("transient", [False, True])
+def test_a_finished_view_leaves_no_open_widget(shared_client: Any, monkeypatch: pytest.MonkeyPatch,
+                                               transient: bool) -> None:
+    from ipywidgets.widgets import widget as widget_module
+
+    shown, updates, watched = _fake_display(monkeypatch)
+    before = set(widget_module._instances)
+    tracker = Tracker()
+    job = shared_client.generate("nano-banana", prompt="a cat")
+    display = show_job(job, tracker=tracker, use_widgets=True, transient=transient)
+    view = display.view
+    watched.extend(_view_tree(view))
+    assert len(_open(watched)) == len(watched) == 22  # VBox, HBox, 4 HTML, bar, button, layouts, styles
+    assert (WIDGET_MIME in shown[0]) and (("text/html" in shown[0]) != transient)
+    _settle(tracker)
+    assert _until(lambda: view.closed and not _open(watched)), _open(watched)
+    # The plain final bundle went over the view while it was still open; then it was closed.
+    assert updates and updates[0][1] == 22 and WIDGET_MIME not in updates[0][0]
+    assert "<img" in updates[0][0]["text/html"]
+    assert not set(widget_module._instances) - before, "a finished job left widget models open"
+    assert view not in CLOCK._views
+    assert view.bar.value == 100 and "<img" in view.result.value  # still readable once closed
+    view.close()  # idempotent
+
+
+def test_close_closes_every_model_and_stops_updates() -> None:
+    job = Job(id="job_cl", model="veo3", status="running")
+    view = JobView(job, min_interval=0)
+    widgets = _view_tree(view)
+    assert view in CLOCK._views
+    view.close()
+    assert not _open(widgets) and view.closed and view not in CLOCK._views
+    renders = view.renders
+    job.apply({"status": "running", "progress": 50})
+    assert view.renders == renders and view.bar.value == 0  # no longer follows the job
+    view.close()
+
+
+def test_the_clock_lets_go_of_an_ended_view_at_once() -> None:
+    from vydra_nb.views.job_view import TICK, _Clock
+
+    job = Job(id="job_ck", model="veo3", status="running")
+    view = JobView(job)
+    assert view in CLOCK._views
+    job.apply({"status": "completed", "output": {"videoUrl": "https://x.example/v.mp4"}})
+    assert view not in CLOCK._views  # when the job ends, not at the clock's next tick
+    view.close()
+    clock = _Clock()
+    other = JobView(Job(id="job_ck2", model="veo3", status="running"))
+    clock.add(other)
+    assert clock.running
+    started = time.monotonic()
+    clock.discard(other)  # the last view gone: the thread wakes and exits, no tick to wait for
+    assert _until(lambda: not clock.running, TICK / 2), "the clock thread waited for its tick"
+    assert time.monotonic() - started < TICK / 2
+    other.close()
+
+
+def test_collapse_keeps_one_card_and_closes_the_rest() -> None:
+    job = Job(id="job_co", model="nano-banana", status="running")
+    view = JobView(job, min_interval=0)
+    parts = _view_tree(view)
+    parts.remove(view)
+    parts.remove(view.layout)
+    job.apply({"status": "completed", "output": {"imageUrl": "https://x.example/a.png"}})
+    view.collapse()
+    assert view.children == (view.card,) and "https://x.example/a.png" in view.card.value
+    assert not _open(parts), _open(parts)
+    assert len(_open(_tree(view))) == 5  # the VBox and the card, each with its layout (and style)
+    job.apply({"status": "completed", "output": {"imageUrl": "https://x.example/b.png"}})
+    assert "https://x.example/b.png" in view.card.value  # the card still follows the job
+    view.close()
+    assert not _open(_tree(view))
+
+
+def test_a_sweep_grid_ends_as_plain_html_and_closes(shared_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipywidgets.widgets import widget as widget_module
+
+    from vydra_nb.analysis.sweeps import sweep
+
+    shown, updates, watched = _fake_display(monkeypatch)
+    monkeypatch.setattr("vydra_nb.views.job_view.widgets_available", lambda: True)
+    before = set(widget_module._instances)
+    tracker = Tracker()
+    s = sweep("nano-banana", ["a cat", "a dog", "a fox"], client=shared_client, tracker=tracker)
+    assert WIDGET_MIME in shown[0] and "text/html" not in shown[0]
+    s.wait_submitted(30)
+    watched.extend(_tree(s._live))
+    s.wait(30)
+    _settle(tracker)
+    assert _until(lambda: not _open(_tree(s._live, *s.widget.children))), "the sweep's widgets stay open"
+    assert all(isinstance(v, JobView) for v in s.widget.children) and len(s.widget.children) == 3
+    # The grid gave way to the plain results while its widgets were still open, then closed.
+    assert updates and updates[0][1] > 0 and WIDGET_MIME not in updates[0][0]
+    assert updates[-1][0]["text/html"].count("<img") == 3 and "3 completed" in updates[-1][0]["text/plain"]
+    assert not set(widget_module._instances) - before
 
 
 NOTEBOOK_CELLS = [

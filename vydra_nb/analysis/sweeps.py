@@ -42,6 +42,9 @@ class Sweep:
     jobs: list[Job] = field(default_factory=list)
     submit_error: BaseException | None = None
     widget: Any = field(default=None, repr=False)
+    _live: Any = field(default=None, repr=False)  # what is on screen: the summary above ``widget``
+    _handle: Any = field(default=None, repr=False)  # its display handle
+    _shown_html: str | None = field(default=None, repr=False)  # the plain grid, once the views ended
     _thread: threading.Thread | None = field(default=None, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -164,7 +167,7 @@ def combinations(model: Model, prompts: Sequence[str] | str | None, grid: Mappin
             raise ValidationError(f"{name} has no values to sweep.", field=name)
         axes.append((name, values))
     names = [a[0] for a in axes]
-    return [dict(zip(names, combo)) for combo in itertools.product(*(a[1] for a in axes))]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(a[1] for a in axes))]
 
 
 def sweep(
@@ -238,8 +241,11 @@ def sweep(
             from vydra_nb.views.display import esc, widget_only
 
             live = W.VBox([W.HTML(f"<b>{esc(result.summary() + note)}</b>"), result.widget])
-            # The widget alone: the Sweep itself renders the results as plain HTML.
-            display(widget_only(live._repr_mimebundle_()), raw=True)
+            # The widget alone: the Sweep itself renders the results as plain HTML. By display id,
+            # so that once every job has ended the grid gives way to that plain HTML and its
+            # widgets are closed (see ``_end_views``).
+            result._live = live
+            result._handle = display(widget_only(live._repr_mimebundle_()), raw=True, display_id=True)
     if background is None:
         background = show and in_kernel
     if background:
@@ -266,6 +272,61 @@ def _grid() -> Any:
     return grid
 
 
+_VIEWS_LOCK = threading.Lock()
+
+
+def _watch(result: Sweep, job: Job, view: Any) -> None:
+    """When ``job`` ends, its view in the grid collapses to a plain card (its other ~20 widget
+    models closed); when every job has ended, the whole grid goes (``_end_views``)."""
+    holder = {"view": view}
+
+    def changed(j: Job) -> None:
+        if not j.done:
+            return
+        ended = holder.pop("view", None)
+        if ended is not None:
+            ended.collapse()  # after the view's own listener (subscribed first) rendered the end
+        _end_views(result)
+
+    job.subscribe(changed)
+    if job.done:
+        changed(job)
+
+
+def _plain_bundle(result: Sweep) -> dict[str, str]:
+    from vydra_nb.views.display import esc
+
+    html = result._repr_html_()
+    if result.submit_error is not None:
+        html += (f'<div class="vydra-error">Submission stopped after {len(result.jobs)} jobs: '
+                 f"{esc(result.submit_error)}</div>")
+    return {"text/plain": repr(result), "text/html": html}
+
+
+def _end_views(result: Sweep) -> None:
+    """Once submission is over and every job has ended, the live grid has nothing left to show:
+    its output is rewritten (by display id) with the plain results, then every widget in it is
+    closed. Later changes (a download adds the file) rewrite the plain output again."""
+    if result.widget is None or not result._done.is_set() or not all(j.done for j in result.jobs):
+        return
+    bundle = _plain_bundle(result) if result._handle is not None else None
+    with _VIEWS_LOCK:
+        first = result._shown_html is None
+        if bundle is not None:
+            if bundle["text/html"] == result._shown_html:
+                return
+            result._handle.update(bundle, raw=True)  # before closing: no output may show a closed model
+            result._shown_html = bundle["text/html"]
+        elif first:
+            result._shown_html = ""
+        else:
+            return
+    if first:
+        from vydra_nb.views.job_view import close_widgets
+
+        close_widgets(result._live, result.widget)
+
+
 def _submit_all(result: Sweep, client: APIClient, tracker: Tracker) -> None:
     """Submit sequentially; the client's limiter paces the requests. Stops at the first error."""
     try:
@@ -275,7 +336,9 @@ def _submit_all(result: Sweep, client: APIClient, tracker: Tracker) -> None:
             if result.widget is not None:
                 from vydra_nb.views.job_view import JobView
 
-                result.widget.children = [*result.widget.children, JobView(job, tracker=tracker)]
+                view = JobView(job, tracker=tracker)
+                result.widget.children = [*result.widget.children, view]
+                _watch(result, job, view)
             tracker.track(job)
     except BaseException as exc:  # kept for the caller; the jobs already sent go on
         result.submit_error = exc
@@ -292,6 +355,7 @@ def _submit_all(result: Sweep, client: APIClient, tracker: Tracker) -> None:
             raise
     finally:
         result._done.set()
+        _end_views(result)
 
 
 def prompts_from_lines(text: str) -> list[str]:

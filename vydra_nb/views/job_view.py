@@ -11,6 +11,13 @@ widget: model not found" in a notebook reopened without the kernel (JupyterLab's
 outranks ``text/html``), and nbconvert prefers it too. So ``show_job`` displays a bundle with both
 the widget and the plain fallback while the job runs, and replaces it with the plain final bundle
 (``<video controls src=...>`` and text) when the job ends; that bundle plays in the live page too.
+
+Lifecycle: a view's widgets (the VBox and every child, layout and style: about 22 comm models)
+are closed once they have nothing left to show, so a long session does not pile up live models
+in the kernel and the front end. ``show_job`` closes the view right after sending the final
+bundle over it (never before: an output still pointing at a closed model shows "model not
+found"). A view inside a container that stays on screen (a sweep's grid) is ``collapse()``-d
+instead: one plain HTML card stays, every other widget is closed.
 """
 
 from __future__ import annotations
@@ -24,10 +31,10 @@ from typing import Any
 
 import ipywidgets as W
 
-from vydra_nb.views import display as D
 from vydra_nb.api.jobs import CANCELLED, COMPLETED, FAILED, Job
 from vydra_nb.session import current as current_session
 from vydra_nb.tracking.tracker import Tracker
+from vydra_nb.views import display as D
 
 WIDGET_MIME = D.WIDGET_MIME
 MIN_INTERVAL = 0.25  # at most 4 renders a second; the final state is always rendered at once
@@ -38,38 +45,50 @@ TICK_MESSAGES_PER_SECOND = 10.0  # ...but all views together send at most about 
 class _Clock:
     """Moves every live view's elapsed time and ETA along between polls, which may be 20 s apart.
 
-    One daemon thread for all views, started by the first live view and gone when none is left,
-    so an idle kernel runs nothing. It only sets one HTML value per view, and only when its text
-    changed; with many views it ticks less often so the front end is not flooded.
+    One daemon thread for all views, started by the first live view and gone as soon as none is
+    left: a view leaves when its job ends (``discard``, which wakes the thread), so an idle kernel
+    runs nothing and the clock holds no ended view. It only sets one HTML value per view, and only
+    when its text changed; with many views it ticks less often so the front end is not flooded.
     """
 
     def __init__(self) -> None:
         self._views: weakref.WeakSet[JobView] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        # Reentrant: code that runs in whatever thread the garbage collector interrupts must not
+        # deadlock on a lock that very thread holds.
+        self._cond = threading.Condition(threading.RLock())
         self._thread: threading.Thread | None = None
 
     def add(self, view: "JobView") -> None:
-        with self._lock:
+        with self._cond:
             self._views.add(view)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="vydra-clock", daemon=True)
                 self._thread.start()
 
     def discard(self, view: "JobView") -> None:
-        with self._lock:
+        with self._cond:
             self._views.discard(view)
+            if not self._views:
+                self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._views)
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                live = [v for v in self._views if not v.job.done]
+            with self._cond:
+                for view in [v for v in self._views if v.job.done]:
+                    self._views.discard(view)
+                live = list(self._views)
                 if not live:
-                    self._views.clear()
                     self._thread = None
                     return
-            for view in live:
-                view._tick()
-            time.sleep(max(TICK, len(live) / TICK_MESSAGES_PER_SECOND))
+            interval = max(TICK, len(live) / TICK_MESSAGES_PER_SECOND)
+            _tick_all(live)
+            live.clear()  # the set is weak: hold no view while sleeping
+            with self._cond:
+                self._cond.wait_for(lambda: not self._views, timeout=interval)
 
     @property
     def running(self) -> bool:
@@ -77,7 +96,42 @@ class _Clock:
         return thread is not None and thread.is_alive()
 
 
+def _tick_all(views: list["JobView"]) -> None:
+    for view in views:
+        view._tick()
+
+
 CLOCK = _Clock()
+
+
+def close_widgets(*roots: Any) -> int:
+    """Close ``roots`` and every widget they hold (children, layout, style...).
+
+    ``Widget.close()`` closes one comm; a VBox's children and each widget's Layout and style are
+    models of their own, left open unless closed too. Returns how many were open and got closed.
+    Python attributes keep their last values, so a closed view can still be read.
+    """
+    seen: set[int] = set()
+    stack = [w for w in roots if isinstance(w, W.Widget)]
+    closed = 0
+    while stack:
+        widget = stack.pop()
+        if id(widget) in seen:
+            continue
+        seen.add(id(widget))
+        for name in widget.keys:
+            value = widget._trait_values.get(name)  # no defaults made up for unset traits
+            if isinstance(value, W.Widget):
+                stack.append(value)
+            elif isinstance(value, (list, tuple)):
+                stack.extend(v for v in value if isinstance(v, W.Widget))
+        detach = getattr(widget, "_detach", None)
+        if detach is not None:  # a JobView met inside a container: stop its updates first
+            detach()
+        if widget.comm is not None:
+            closed += 1
+        W.Widget.close(widget)
+    return closed
 
 
 class JobView(W.VBox):
@@ -86,6 +140,10 @@ class JobView(W.VBox):
     Attributes for tests and composition: ``header`` (HTML), ``bar`` (IntProgress), ``status``
     (HTML badge), ``info`` (HTML: elapsed, ETA, credits, "retrying"), ``cancel_button``,
     ``result`` (HTML: the player / error / refund), ``renders`` (how many renders happened).
+
+    Its widgets stay open until ``close()`` (the owner calls it once the view has nothing left to
+    show: ``show_job`` does, after the final bundle replaced it) or ``collapse()``. When the job
+    ends the view leaves the clock at once and renders its final state.
     """
 
     def __init__(
@@ -105,6 +163,8 @@ class JobView(W.VBox):
         self._last_render = float("-inf")
         self._timer: threading.Timer | None = None
         self._final_rendered = False
+        self._closed = False
+        self.card: W.HTML | None = None  # the one widget a collapsed view keeps
         self.renders = 0
         self.cancel_error: str | None = None
 
@@ -131,9 +191,12 @@ class JobView(W.VBox):
     def _on_change(self, job: Job) -> None:
         """Coalesce: render now if the last render is old enough, else once at the end of the interval."""
         with self._vlock:
+            if self._closed:
+                return
             if job.done:
                 self._cancel_timer()
                 self._render()
+                CLOCK.discard(self)  # at once, not at the clock's next tick
                 return
             wait = self._last_render + self.min_interval - self._clock()
             if wait <= 0:
@@ -146,7 +209,8 @@ class JobView(W.VBox):
     def _deferred(self) -> None:
         with self._vlock:
             self._timer = None
-            self._render()
+            if not self._closed:
+                self._render()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -159,6 +223,9 @@ class JobView(W.VBox):
             job = self.job
             self._last_render = self._clock()
             self.renders += 1
+            if self.card is not None:  # collapsed: the card alone is on screen
+                self.card.value = self._card_html()
+                return
             self.header.value = D.STYLE + D.header_html(job)
             self.status.value = f'<span class="vydra-badge {D.status_class(job.status)}">{D.esc(job.status)}</span>'
             if job.status == COMPLETED:
@@ -197,7 +264,7 @@ class JobView(W.VBox):
     def _tick(self) -> None:
         """The clock thread: refresh the elapsed/ETA line alone, when its text changed."""
         with self._vlock:
-            if self.job.done:
+            if self.job.done or self._closed or self.card is not None:
                 return
             value = self._info_html()
             if value != self.info.value:
@@ -230,15 +297,63 @@ class JobView(W.VBox):
             except Exception:
                 pass
 
-    # -- misc -------------------------------------------------------------------------------
-    def close(self) -> None:
-        unsubscribe = getattr(self, "_unsubscribe", None)
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _parts(self) -> list[W.Widget]:
+        """Every widget of the full view, shown or not yet (``result`` joins at the end)."""
+        return [self.header, self.bar, self.status, self.info, self.cancel_button, self.result,
+                self.progress_row]
+
+    def _detach(self) -> None:
+        """Stop following the job: no more renders, no timer, off the clock."""
+        with self._vlock:
+            self._closed = True
+            unsubscribe, self._unsubscribe = getattr(self, "_unsubscribe", None), None
+            self._cancel_timer()
         if unsubscribe is not None:
             unsubscribe()
-            with self._vlock:
-                self._cancel_timer()
         CLOCK.discard(self)
-        super().close()
+
+    def close(self) -> None:
+        """Close the view and every widget in it (about 22 comm models). Idempotent.
+
+        Call it when nothing on screen refers to the view any more: after its output was replaced
+        (``show_job`` does this), or cleared. Attributes keep their last values.
+        """
+        if self._closed and self.comm is None:
+            return
+        self._detach()
+        close_widgets(self, *self._parts(), *([self.card] if self.card is not None else []))
+
+    def __del__(self) -> None:
+        """ipywidgets closes a widget it collects; an open one is never collected (its registry
+        holds it), so a collected view was closed already. No locks here: the collector may run
+        in any thread, holding any of them."""
+        W.Widget.close(self)
+
+    def collapse(self) -> None:
+        """Keep one plain HTML card of the job and close every other widget of the view.
+
+        For a view inside a container that stays on screen (a sweep's grid): the VBox stays where
+        it is with the card as its only child, and the card still follows the job (a download
+        adds the file's path). Idempotent; nothing happens to a closed view.
+        """
+        with self._vlock:
+            if self._closed or self.card is not None:
+                return
+            self._cancel_timer()
+            self.card = W.HTML(self._card_html())
+            parts = self._parts()
+            self.children = [self.card]  # sent before the old children's models are closed
+        CLOCK.discard(self)
+        close_widgets(*parts)
+
+    def _card_html(self) -> str:
+        # The URL, not base64 over the comm channel (as for ``result``).
+        return D.job_html(self.job, embed_limit_bytes=0, media_embed_limit_bytes=0)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
         """The widget plus a plain fallback, for front ends (and saved files) without widgets."""
@@ -284,8 +399,9 @@ def show_job(
 
     Call it from the cell (it displays); updates then come from the tracker thread. When the job
     ends, the output is rewritten (by display id) with the plain final bundle, so the result stays
-    visible in a saved notebook, nbconvert HTML and VS Code without the kernel. ``transient``
-    shows the widget alone, for a caller that clears it and displays the final result itself.
+    visible in a saved notebook, nbconvert HTML and VS Code without the kernel; then the view's
+    widgets are closed, so a finished job keeps no widget model alive. ``transient`` shows the
+    widget alone, for a caller that clears it and displays the final result itself.
     """
     from IPython.display import display
 
@@ -304,15 +420,19 @@ def show_job(
 
     view = JobView(job, tracker=tracker)
     if transient:
-        # A view that the caller will clear and follow with the final result (``%%vydra --wait``).
-        display(D.widget_only(super(JobView, view)._repr_mimebundle_()), raw=True)
-        tracker.track(job)
-        return JobDisplay(job, view, None)
-    handle = display(view._repr_mimebundle_(), raw=True, display_id=True)
-    shown = {"html": None}
+        # The widget alone: the caller (``%%vydra --wait``) clears it and displays the result
+        # itself. It still gets a display id, so a view left on screen (the wait was interrupted)
+        # ends as the plain result too, and is closed like any other.
+        bundle = D.widget_only(super(JobView, view)._repr_mimebundle_())
+    else:
+        bundle = view._repr_mimebundle_()
+    handle = display(bundle, raw=True, display_id=True)
+    shown: dict[str, Any] = {"html": None, "view": view}  # the view is dropped once closed
     lock = threading.Lock()
 
     def finish(j: Job) -> None:
+        """Write the plain final bundle over the view (again when it changes: a download), then
+        close the view: after the update, so no output ever points at a closed model."""
         if not j.done:
             return
         bundle = D.job_bundle(j)
@@ -320,10 +440,13 @@ def show_job(
             if bundle["text/html"] == shown["html"]:
                 return
             shown["html"] = bundle["text/html"]
-        if handle is not None:
-            handle.update(bundle, raw=True)
+            if handle is not None:
+                handle.update(bundle, raw=True)
+            ended, shown["view"] = shown["view"], None
+        if ended is not None:
+            ended.close()
 
-    job.subscribe(finish)
+    job.subscribe(finish)  # after the view's own listener: the final render comes first
     tracker.track(job)
     if job.done:
         finish(job)
