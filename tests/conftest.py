@@ -14,11 +14,14 @@ SPEED = 100.0  # a 90 s Veo job takes about a second; rate windows shrink to 0.6
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test gets its own data folder and no ambient key or base URL."""
     monkeypatch.setenv("VYDRA_NB_HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.delenv("VYDRA_API_KEY", raising=False)
     monkeypatch.delenv("VYDRA_BASE_URL", raising=False)
+    yield
+    # Jobs a test left running must not be polled, or recorded, into the next test's history.
+    current_session().tracker.stop()
 
 
 @pytest.fixture(scope="session")

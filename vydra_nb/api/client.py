@@ -27,7 +27,7 @@ from vydra_nb.api.errors import CreditWarning, NotFoundError, ResponseError, Val
 from vydra_nb.api.jobs import Job, JobRegistry
 from vydra_nb.api.media import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_DOWNLOAD, Downloader, Media
 from vydra_nb.api.models import CancelResult, Model, Organization, as_int, as_str
-from vydra_nb.api.polling import PollPolicy
+from vydra_nb.api.polling import DurationPrior, PollPolicy
 from vydra_nb.api.ratelimit import GENERATE, LIST, STATUS, Limit, RateLimiter
 from vydra_nb.api.settings import download_home, host_key, is_sandbox_url, resolve_api_key
 from vydra_nb.api.transport import Transport
@@ -171,6 +171,11 @@ class APIClient:
                 callback(job)
             except Exception:  # a broken listener must not break the submission or the tracker
                 log.exception("a job listener failed")
+
+    def duration_prior(self, model: str | None) -> DurationPrior | None:
+        """What is known of ``model``'s durations on this server before a job says anything: nothing,
+        here; ``vydra_nb.Client`` learns it from the history. Used to aim polls (``PollPolicy``)."""
+        return None
 
     def _known(self, job_id: str) -> Job:
         """The process's one Job for ``job_id`` on this server, made (empty) when none is known yet."""

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 from vydra_nb.api.errors import DownloadError, JobCancelledError, JobFailedError, JobTimeoutError, VydraError
 from vydra_nb.api.media import Media, find_media, refusal_label, write_text
 from vydra_nb.api.models import PROMPT_FIELD_NAMES, CancelResult, as_datetime, as_int, as_str
-from vydra_nb.api.polling import PollPolicy, estimate_remaining
+from vydra_nb.api.polling import DurationPrior, EndWindow, Observation, PollPolicy, end_window
 
 log = logging.getLogger("vydra_nb")
 
@@ -72,6 +73,8 @@ class JobSource(Protocol):
 
     def job_changed(self, job: Job) -> None: ...
 
+    def duration_prior(self, model: str | None) -> DurationPrior | None: ...
+
 
 @dataclass(eq=False)
 class Job:
@@ -112,8 +115,8 @@ class Job:
         self._media_of: Any = None  # the output object ``_media`` was read from
         self._unsafe_warned = False
         self._listeners: list[Callable[[Job], None]] = []
-        self._first_progress: tuple[float, float] | None = None
-        self._last_progress: tuple[float, float] | None = None
+        self._observations: deque[Observation] = deque(maxlen=40)  # the answers, for the end estimate
+        self.polls = 0  # status requests spent on this job (by ``refresh``)
         self.submitted_at = time.monotonic()
         self.ended_seen_at: float | None = None  # local monotonic time we first saw it end
         self.poll_error: str | None = None       # the last failed poll, shown as "retrying"
@@ -163,11 +166,36 @@ class Job:
     def net_credits(self) -> int:
         return (self.credits_charged or 0) - (self.credits_refunded or 0)
 
+    @property
+    def observations(self) -> list[Observation]:
+        """The answers seen so far (time on the monotonic clock, progress or None), oldest first."""
+        with self._lock:
+            return list(self._observations)
+
+    def end_window(self, now: float | None = None) -> EndWindow | None:
+        """When the job will most likely end (monotonic clock), from its progress and its model's
+        history; None when neither says anything. See ``polling.end_window``."""
+        now = time.monotonic() if now is None else now
+        client = self.client
+        prior = client.duration_prior(self.model) if client is not None else None
+        margin = client.poll_policy.eta_margin if client is not None else 0.0
+        return end_window(self.observations, start=self.submitted_at, now=now, prior=prior, margin=margin)
+
     def eta(self, now: float | None = None) -> float | None:
-        """Estimated seconds until the job ends, from its progress rate; None when unknown."""
+        """Estimated seconds until the job ends (the middle of its end window); None when unknown."""
         if self.done:
             return 0.0
-        return estimate_remaining(self._first_progress, self._last_progress, time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        window = self.end_window(now)
+        return None if window is None else window.expected - now
+
+    @property
+    def duration_seen(self) -> float | None:
+        """Seconds from submission until the end was seen, for a completed job (the history learns
+        each model's durations from these)."""
+        if self.status != COMPLETED or self.ended_seen_at is None:
+            return None
+        return max(0.0, self.ended_seen_at - self.submitted_at)
 
     def subscribe(self, callback: Callable[[Job], None]) -> Callable[[], None]:
         """Call ``callback(job)`` after every change; returns a function that unsubscribes."""
@@ -228,11 +256,9 @@ class Job:
             progress = as_int(data.get("progress"))
             if progress is not None:
                 self.progress = max(0, min(100, progress))
-                now = time.monotonic()
-                # Anchor the rate at the first progress above 0: a job may sit at 0 while queued.
-                if self._first_progress is None and self.progress > 0:
-                    self._first_progress = (now, float(self.progress))
-                self._last_progress = (now, float(self.progress))
+            if "status" in data:  # an answer about the job: what the end estimate learns from
+                shown = None if progress is None else float(max(0, min(100, progress)))
+                self._observations.append(Observation(time.monotonic(), shown))
             output = data.get("output")
             if isinstance(output, dict):
                 self.output = output
@@ -266,6 +292,8 @@ class Job:
                 # The live job list names the model ``workflowSlug``; the reference's job view ``workflow``.
                 self.model = as_str(data.get("model")) or as_str(data.get("workflowSlug")) or as_str(data.get("workflow"))
             self.extra.update({k: v for k, v in data.items() if k not in known})
+            if self.status == COMPLETED:
+                self.progress = 100  # whether or not the service reports percentages
             if self.done and self.ended_seen_at is None:
                 self.ended_seen_at = time.monotonic()
                 if self.completed_at is None and self.status == COMPLETED:
@@ -297,8 +325,19 @@ class Job:
 
     def refresh(self) -> Job:
         """Fetch the latest state from ``GET /jobs/{id}``."""
-        self.apply(self._require_client().job_status(self.id))
+        client = self._require_client()
+        with self._lock:
+            self.polls += 1
+        self.apply(client.job_status(self.id))
         return self
+
+    def next_poll(self, *, live_jobs: int = 1, now: float | None = None) -> tuple[float, bool]:
+        """(seconds until this job should be polled next, whether that poll is aimed at its end),
+        by its client's policy; the tracker and ``wait()`` both ask this."""
+        client = self._require_client()
+        now = time.monotonic() if now is None else now
+        return client.poll_policy.plan(now=now, start=self.submitted_at, window=self.end_window(now),
+                                       polls=self.polls, live_jobs=live_jobs)
 
     def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> Job:
         """Block until the job ends; return it completed.
@@ -309,10 +348,8 @@ class Job:
         (``timeout`` passed; the job goes on). A failed poll is retried, never fatal, unless it
         keeps failing.
         """
-        client = self._require_client()
-        policy = client.poll_policy
+        self._require_client()
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay: float | None = None
         failures = 0
         while not self.done:
             left = None if deadline is None else deadline - time.monotonic()
@@ -327,6 +364,15 @@ class Job:
                         # Woken by every change; the bound only re-checks the deadline and the follower.
                         self._changed.wait(1.0 if left is None else min(left, 1.0))
                 continue
+            delay = self.next_poll()[0]
+            if failures:  # the service is failing: back off, whatever the plan says
+                delay = max(delay, self._require_client().poll_policy.min_delay * 2.0 ** min(failures, 5))
+            with self._changed:
+                # A sleep that a tracker taking over (or any news) ends early.
+                if not self.followed and not self.done:
+                    self._changed.wait(delay if left is None else min(delay, left))
+            if self.done or self.followed or (deadline is not None and time.monotonic() >= deadline):
+                continue
             try:
                 self.refresh()
                 failures = 0
@@ -337,16 +383,6 @@ class Job:
                 self.mark_poll_error(str(exc))
                 if failures > 10:
                     raise
-            if self.done:
-                break
-            delay = policy.next_delay(previous_delay=delay, remaining=self.eta(), live_jobs=1)
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                continue
-            with self._changed:
-                # A sleep that a tracker taking over (or any news) ends early.
-                if not self.followed and not self.done:
-                    self._changed.wait(delay if left is None else min(delay, left))
         if raise_on_failure:
             self.raise_for_status()
         return self

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,7 @@ class Session:
         self._sandbox: Any = None
         self._history: History | None = None
         self._unrecorded: set[str] = set()
+        self._stores: weakref.WeakKeyDictionary[Job, History] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<vydra_nb Session backend={self.backend_label()}>"
@@ -180,10 +182,8 @@ class Session:
 
         path = data_home() / HISTORY_FILE
         with self._lock:
-            if self._history is None or self._history.path != path:
-                if self._history is not None:
-                    self._history.close()
-                self._history = History(path)
+            if self._history is None or self._history.path != path or self._history.closed:
+                self._history = History(path)  # the previous store stays open for the jobs written to it
             return self._history
 
     def record(self, job: Job, history: History | None = None) -> None:
@@ -194,7 +194,13 @@ class Session:
         by hand, rather than a logged traceback that scrolls away.
         """
         try:
-            (history or self.history()).record(job)
+            if history is None:
+                # A job stays in the store it was first written to, even if VYDRA_NB_HOME changes later.
+                history = self._stores.get(job)
+                if history is None or history.closed:
+                    history = self.history()
+                    self._stores[job] = history
+            history.record(job)
         except Exception as exc:
             if job.id in self._unrecorded:
                 return

@@ -9,10 +9,12 @@ threshold follow the session's live settings.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from vydra_nb.api.client import APIClient
+from vydra_nb.api.polling import DurationPrior
 from vydra_nb.api.settings import download_home
 from vydra_nb.session import Session, current
 from vydra_nb.tracking.history import History
@@ -59,6 +61,7 @@ class Client(APIClient):
             credit_warning_threshold=credit_warning_threshold, **options,
         )
         self._own_history: History | None = None
+        self._priors: dict[str, tuple[float, DurationPrior | None]] = {}
         if history is True:
             self.history: History | None = None
             self.add_job_listener(self.session.record)
@@ -80,6 +83,25 @@ class Client(APIClient):
     @credit_warning_threshold.setter
     def credit_warning_threshold(self, value: int | None) -> None:
         self._threshold: Any = value
+
+    PRIOR_TTL = 60.0  # seconds a model's learnt durations are reused before the history is read again
+
+    def duration_prior(self, model: str | None) -> DurationPrior | None:
+        """This model's durations on this server, learnt from the history's completed jobs (None
+        below three): the polling policy aims at the window they span."""
+        if not model:
+            return None
+        now = time.monotonic()
+        cached = self._priors.get(model)
+        if cached is not None and now - cached[0] < self.PRIOR_TTL:
+            return cached[1]
+        try:
+            store = self.history if self.history is not None else self.session.history()
+            prior = DurationPrior.from_durations(store.durations(model, self.host))
+        except Exception:  # a history that cannot be read only means no prior
+            prior = None
+        self._priors[model] = (now, prior)
+        return prior
 
     def _default_download_dir(self) -> Path:
         configured = self.session.settings.download_dir

@@ -26,7 +26,7 @@ from typing import Any
 from vydra_nb.api.settings import data_home, host_key, host_matches  # noqa: F401  (re-exported)
 from vydra_nb.api.jobs import TERMINAL, Job
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 1 was the first released layout; each later step is a list of statements.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -64,13 +64,18 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status)",
         "CREATE INDEX IF NOT EXISTS jobs_model ON jobs(model)",
     ],
+    # 3: how long each completed job took from submission until it was seen done (local clock),
+    # from which each model's durations are learnt to aim polls at a job's likely end.
+    3: [
+        "ALTER TABLE jobs ADD COLUMN duration_s REAL",
+    ],
 }
 
 COLUMNS = (
     "id", "model", "status", "progress", "prompt", "params", "credits_charged", "credits_refunded",
     "refund_status", "created_at", "started_at", "completed_at", "updated_at", "output", "media_url",
     "local_path", "error_code", "error_message", "backend", "host", "session", "notebook",
-    "idempotency_key", "recorded_at",
+    "idempotency_key", "recorded_at", "duration_s",
 )
 
 # A terminal state recorded by any kernel is never overwritten by a stale non-terminal one.
@@ -127,6 +132,7 @@ def job_row(job: Job) -> tuple[Any, ...]:
         "notebook": _notebook_name(),
         "idempotency_key": job.idempotency_key,
         "recorded_at": now,
+        "duration_s": job.duration_seen,
     }
     return tuple(values[c] for c in COLUMNS)
 
@@ -162,6 +168,7 @@ class History:
         self.path = Path(path) if path is not None else data_home() / "history.sqlite3"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.closed = False
         self._conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         _enable_wal(self._conn)
@@ -175,6 +182,7 @@ class History:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self.closed = True
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -276,6 +284,18 @@ class History:
         conn = sqlite3.connect(uri, uri=True, timeout=30.0)
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
+
+    def durations(self, model: str, host: str | None, *, limit: int = 200) -> list[float]:
+        """Seconds the latest completed jobs of ``model`` on ``host`` took (newest first), for the
+        polling policy's ``DurationPrior``. Another server (another sandbox, at another speed)
+        says nothing of this one."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT duration_s FROM jobs WHERE model = ? AND host IS ? AND status = 'completed' "
+                "AND duration_s > 0 ORDER BY completed_at DESC LIMIT ?",
+                (model, host, int(limit)),
+            ).fetchall()
+        return [float(r[0]) for r in rows]
 
     def count(self) -> int:
         with self._lock:

@@ -62,7 +62,6 @@ class Tracker:
         self.auto_download = auto_download
         self.name = name
         self._jobs: dict[JobKey, Job] = {}
-        self._delays: dict[JobKey, float] = {}
         self._queue: list[_Due] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -87,8 +86,8 @@ class Tracker:
             if tracked is None:
                 self._jobs[job.key] = job
                 job.follow()
-                first = 0.0 if poll_now else self._policy(job).min_delay
-                self._push(job.key, time.monotonic() + first)
+                first, urgent = (0.0, True) if poll_now else self._plan(job, len(self._jobs))
+                self._push(job.key, time.monotonic() + first, urgent=urgent)
                 tracked = job
             elif poll_now:
                 self._push(job.key, time.monotonic())
@@ -100,7 +99,6 @@ class Tracker:
         with self._cond:
             if self._jobs.get(job.key) is job:
                 del self._jobs[job.key]
-                self._delays.pop(job.key, None)
                 job.unfollow()
             self._cond.notify_all()
 
@@ -143,7 +141,6 @@ class Tracker:
             for job in self._jobs.values():
                 job.unfollow()
             self._jobs.clear()
-            self._delays.clear()
             self._queue.clear()
 
     def join_idle(self, timeout: float | None = None) -> bool:
@@ -158,11 +155,6 @@ class Tracker:
         return True
 
     # -- internals --------------------------------------------------------------------------
-    @staticmethod
-    def _policy(job: Job) -> PollPolicy:
-        client = job.client
-        return client.poll_policy if client is not None else PollPolicy()
-
     def _push(self, key: JobKey, at: float, urgent: bool = True) -> None:
         heapq.heappush(self._queue, _Due(at, next(self._seq), key, urgent))
 
@@ -246,14 +238,15 @@ class Tracker:
                 if job.key not in self._jobs:
                     continue
                 same_client = sum(1 for j in self._jobs.values() if j.client is job.client)
-                policy = self._policy(job)
-                previous = self._delays.get(job.key)
-                remaining = job.eta()
-                delay = policy.next_delay(previous_delay=previous, remaining=remaining, live_jobs=same_client)
-                routine = policy.next_delay(previous_delay=previous, remaining=None, live_jobs=same_client)
-                urgent = remaining is not None and (remaining <= 0 or delay < routine)
-                self._delays[job.key] = delay
+                delay, urgent = self._plan(job, same_client)
                 self._push(job.key, time.monotonic() + delay, urgent=urgent)
+
+    @staticmethod
+    def _plan(job: Job, live_jobs: int) -> tuple[float, bool]:
+        """When to poll ``job`` next and whether that poll is aimed at its end (the job's client's policy)."""
+        if job.client is None:
+            return PollPolicy().baseline_interval, False
+        return job.next_poll(live_jobs=live_jobs)
 
     def _ended(self, job: Job) -> None:
         for callback in list(self._on_end):
