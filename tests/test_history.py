@@ -191,7 +191,7 @@ def test_a_version_1_database_is_migrated_with_its_rows_intact(tmp_path: Path) -
     conn.close()
 
     history = History(path)
-    assert history.schema_version == SCHEMA_VERSION == 3
+    assert history.schema_version == SCHEMA_VERSION == 4
     row = history.get("job_old1")
     assert row is not None
     assert row["status"] == "completed" and row["credits_charged"] == 175 and row["prompt"] == "A lake"
@@ -206,7 +206,7 @@ def test_a_version_1_database_is_migrated_with_its_rows_intact(tmp_path: Path) -
     history.record(_job("job_new", status="running", progress=10))
     history.close()
     again = History(path)
-    assert again.schema_version == 3 and again.count() == 2
+    assert again.schema_version == 4 and again.count() == 2
     columns = [r[1] for r in again._conn.execute("PRAGMA table_info(jobs)")]
     assert set(COLUMNS) <= set(columns)
 

@@ -106,6 +106,14 @@ class Job:
     host: str | None = field(default=None, repr=False)
     """The server it lives on (``settings.host_key``): with ``id``, the job's identity."""
     idempotency_key: str | None = field(default=None, repr=False)
+    tag: str | None = field(default=None, repr=False)
+    """A label the user gave it (``tag=`` / ``--tag``), for grouping a project's spend."""
+    catalog_credits: int | None = field(default=None, repr=False)
+    """The catalog's price for it when it was submitted (a later price change does not rewrite it)."""
+    pricing_unit: str | None = field(default=None, repr=False)
+    verdict: str | None = field(default=None, repr=False)
+    """"kept" or "rejected", as the user judged the result (None: not judged)."""
+    note_text: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()

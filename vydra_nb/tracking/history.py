@@ -26,7 +26,7 @@ from typing import Any
 from vydra_nb.api.settings import data_home, host_key, host_matches  # noqa: F401  (re-exported)
 from vydra_nb.api.jobs import TERMINAL, Job
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Version 1 was the first released layout; each later step is a list of statements.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -69,13 +69,34 @@ _MIGRATIONS: dict[int, list[str]] = {
     3: [
         "ALTER TABLE jobs ADD COLUMN duration_s REAL",
     ],
+    # 4: what a user says of a result and how they group it (verdict, note, tag), the catalog's
+    # price when it was submitted (price history, charges that differ from the catalog), and the
+    # files uploaded for use as inputs (so the same content is never uploaded twice).
+    4: [
+        "ALTER TABLE jobs ADD COLUMN verdict TEXT",
+        "ALTER TABLE jobs ADD COLUMN note TEXT",
+        "ALTER TABLE jobs ADD COLUMN tag TEXT",
+        "ALTER TABLE jobs ADD COLUMN catalog_credits INTEGER",
+        "ALTER TABLE jobs ADD COLUMN pricing_unit TEXT",
+        "CREATE INDEX IF NOT EXISTS jobs_tag ON jobs(tag)",
+        """CREATE TABLE IF NOT EXISTS uploads (
+            sha256 TEXT NOT NULL,
+            host TEXT NOT NULL,
+            url TEXT NOT NULL,
+            filename TEXT,
+            size INTEGER,
+            content_type TEXT,
+            uploaded_at REAL NOT NULL,
+            PRIMARY KEY (sha256, host)
+        )""",
+    ],
 }
 
 COLUMNS = (
     "id", "model", "status", "progress", "prompt", "params", "credits_charged", "credits_refunded",
     "refund_status", "created_at", "started_at", "completed_at", "updated_at", "output", "media_url",
     "local_path", "error_code", "error_message", "backend", "host", "session", "notebook",
-    "idempotency_key", "recorded_at", "duration_s",
+    "idempotency_key", "recorded_at", "duration_s", "verdict", "note", "tag", "catalog_credits", "pricing_unit",
 )
 
 # A terminal state recorded by any kernel is never overwritten by a stale non-terminal one.
@@ -133,6 +154,11 @@ def job_row(job: Job) -> tuple[Any, ...]:
         "idempotency_key": job.idempotency_key,
         "recorded_at": now,
         "duration_s": job.duration_seen,
+        "verdict": job.verdict,
+        "note": job.note_text,
+        "tag": job.tag,
+        "catalog_credits": job.catalog_credits,
+        "pricing_unit": job.pricing_unit,
     }
     return tuple(values[c] for c in COLUMNS)
 
@@ -338,5 +364,10 @@ def job_from_row(row: dict[str, Any]) -> Job:
         backend=row.get("backend"),
         host=row.get("host"),
         idempotency_key=row.get("idempotency_key"),
+        tag=row.get("tag"),
+        catalog_credits=row.get("catalog_credits"),
+        pricing_unit=row.get("pricing_unit"),
+        verdict=row.get("verdict"),
+        note_text=row.get("note"),
     )
     return job
