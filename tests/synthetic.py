@@ -39,6 +39,8 @@ def synthetic_rows(n: int, columns: tuple[str, ...] = COLUMNS, seed: int = 1) ->
             "error_message": "Content moderation failed" if status == "failed" else None,
             "backend": "vydra", "host": "www.vydra.ai", "session": "bench:1", "notebook": "Untitled.ipynb",
             "idempotency_key": None, "recorded_at": created,
+            "duration_s": 95.0 if status == "completed" else None, "verdict": None, "note": None, "tag": None,
+            "catalog_credits": credits, "pricing_unit": "video" if credits > 8 else "image",
         }
         rows.append(tuple(values[c] for c in columns))
     return rows

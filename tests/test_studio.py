@@ -28,7 +28,7 @@ def test_picker_lists_active_models_by_provider(st: Studio) -> None:
 
 def test_form_widgets_follow_the_schema(st: Studio) -> None:
     st.model_picker.value = "veo3"
-    assert list(st.fields) == ["prompt", "aspect_ratio"]
+    assert list(st.fields) == ["prompt", "aspect_ratio", "image_url"]  # veo3 animates a still: an optional image_url
     assert isinstance(st.fields["prompt"], W.Textarea)
     assert isinstance(st.fields["aspect_ratio"], W.Dropdown) and st.fields["aspect_ratio"].value == "16:9"
     st.model_picker.value = "grok-imagine"
