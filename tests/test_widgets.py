@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+import vydra_nb
+
 from vydra_nb.api.jobs import Job
 from vydra_nb.tracking.tracker import Tracker
 from vydra_nb.views.job_view import CLOCK, WIDGET_MIME, JobDisplay, JobView, show_job
@@ -411,3 +413,31 @@ def test_updates_arrive_after_the_cell_returned_in_a_real_kernel(tmp_path: Any) 
     printed = "".join(o.get("text", "") for o in nb.cells[2].outputs)
     assert printed.split() == ["completed", "100", "True", "False"]
     nbformat.write(nb, tmp_path / "executed.ipynb")
+
+
+def test_a_job_with_no_percentage_shows_a_moving_estimate_labelled_as_one() -> None:
+    """kie.ai-backed models report states only: the bar must not sit at 0 for minutes."""
+    from vydra_nb import sandbox as sandbox_mod
+    from vydra_nb.views import display as D
+
+    with sandbox_mod.start(speed=20, progress="none") as box:
+        client = vydra_nb.Client(api_key=box.api_key, base_url=box.url, time_scale=1 / box.speed, history=False)
+        client.models()  # the model list is what the guess reads (cached: no request)
+        job = client.generate("veo3", prompt="no percentage here")
+        view = JobView(job, tracker=Tracker())
+        try:
+            seen = []
+            deadline = time.monotonic() + 30
+            while not job.done and time.monotonic() < deadline:
+                job.refresh()
+                view._render()
+                assert job.progress is None or job.done
+                if not job.done:
+                    seen.append(view.bar.value)
+                    assert view.bar.description == "estimate"
+                    assert "(estimate)" in D.progress_line(job)
+                threading.Event().wait(0.2)
+            assert job.done and len(seen) >= 2 and seen[-1] > seen[0] >= 0 and max(seen) > 0, seen
+        finally:
+            view.close()
+            client.close()

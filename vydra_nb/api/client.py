@@ -177,6 +177,21 @@ class APIClient:
         here; ``vydra_nb.Client`` learns it from the history. Used to aim polls (``PollPolicy``)."""
         return None
 
+    # Typical durations by what a model makes, for a progress *estimate* in views when neither the
+    # service nor the history says more. Never used to aim polls (a guess must not cost requests).
+    _GUESS_BY_UNIT = {"video": 120.0, "image": 20.0, "minute": 60.0, "second": 60.0}
+
+    def duration_guess(self, model: str | None) -> float | None:
+        """Seconds a job of ``model`` typically takes: the history's median, else a guess from the
+        model's pricing unit (from the cached model list only: this sends no request)."""
+        prior = self.duration_prior(model)
+        if prior is not None:
+            return prior.median
+        with self._models_lock:
+            cached = list(self._models or [])
+        unit = next((m.pricing_unit for m in cached if m.slug == model), None)
+        return self._GUESS_BY_UNIT.get((unit or "").lower(), 30.0) * self.time_scale if model else None
+
     def _known(self, job_id: str) -> Job:
         """The process's one Job for ``job_id`` on this server, made (empty) when none is known yet."""
         return self.registry.adopt(Job(id=job_id, client=self, backend=self.backend, host=self.host))

@@ -75,6 +75,8 @@ class JobSource(Protocol):
 
     def duration_prior(self, model: str | None) -> DurationPrior | None: ...
 
+    def duration_guess(self, model: str | None) -> float | None: ...
+
 
 @dataclass(eq=False)
 class Job:
@@ -196,6 +198,36 @@ class Job:
         now = time.monotonic() if now is None else now
         window = self.end_window(now)
         return None if window is None else window.expected - now
+
+    def estimated_progress(self, now: float | None = None) -> int | None:
+        """A percentage for a job whose service reports none: the elapsed share of its expected
+        duration (its end window, else its client's guess for the model), at most 99; None when
+        the service reports progress, the job has ended, or nothing can be guessed. Views label
+        it as an estimate."""
+        if self.done or self.progress is not None:
+            return None
+        now = time.monotonic() if now is None else now
+        window = self.end_window(now)
+        if window is not None:
+            total = window.expected - self.submitted_at
+        else:
+            guess = self.client.duration_guess(self.model) if self.client is not None else None
+            if guess is None:
+                return None
+            total = guess
+        if total <= 0:
+            return 99
+        return max(0, min(99, int((now - self.submitted_at) / total * 100)))
+
+    def eta_range(self, now: float | None = None) -> tuple[float, float] | None:
+        """(soonest, latest) seconds until the job ends, from its end window; None when unknown."""
+        if self.done:
+            return None
+        now = time.monotonic() if now is None else now
+        window = self.end_window(now)
+        if window is None:
+            return None
+        return max(0.0, window.earliest - now), max(0.0, window.latest - now)
 
     @property
     def duration_seen(self) -> float | None:

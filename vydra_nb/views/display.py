@@ -114,15 +114,30 @@ def progress_line(job: Job) -> str:
     parts = [job.status]
     if job.progress is not None:
         parts.append(f"{job.progress}%")
+    else:
+        guess = job.estimated_progress()
+        if guess is not None:
+            parts.append(f"~{guess}% (estimate)")
     parts.append(f"elapsed {format_seconds(elapsed(job))}")
-    eta = job.eta()
-    if eta is not None and eta > 0:
-        parts.append(f"ETA {format_seconds(eta)}")
+    eta = eta_text(job)
+    if eta:
+        parts.append(eta)
     if job.credits_charged is not None:
         parts.append(f"{job.credits_charged} credits")
     if job.poll_error:
         parts.append("retrying")
     return " · ".join(parts)
+
+
+def eta_text(job: Job) -> str | None:
+    """"ETA 40s" when the end is well known, "ETA 30s-1m10s" when it is a range, None when unknown."""
+    span = job.eta_range()
+    if span is None or span[1] <= 0:
+        return None
+    soonest, latest = span
+    if latest - soonest <= max(5.0, 0.2 * latest):
+        return f"ETA {format_seconds((soonest + latest) / 2)}"
+    return f"ETA {format_seconds(soonest)}-{format_seconds(latest)}"
 
 
 def primary_media(job: Job) -> tuple[Media | None, str | None]:

@@ -230,8 +230,8 @@ class JobView(W.VBox):
             self.status.value = f'<span class="vydra-badge {D.status_class(job.status)}">{D.esc(job.status)}</span>'
             if job.status == COMPLETED:
                 self.bar.value, self.bar.bar_style = 100, "success"
-            elif job.progress is not None:
-                self.bar.value = job.progress
+            else:
+                self._set_bar()
             if job.status == FAILED:
                 self.bar.bar_style = "danger"
             elif job.status == CANCELLED:
@@ -245,12 +245,24 @@ class JobView(W.VBox):
                     self.children = [self.header, self.progress_row, self.result]
                 self._final_rendered = True
 
+    def _set_bar(self) -> None:
+        """The service's percentage; where it reports none, an estimate from the elapsed time and
+        the expected duration, drawn striped and labelled "estimate" so nobody takes it for news."""
+        job = self.job
+        if job.progress is not None:
+            self.bar.value, self.bar.description = job.progress, ""
+            return
+        guess = job.estimated_progress()
+        if guess is not None:
+            self.bar.value, self.bar.description = guess, "estimate"
+            self.bar.add_class("vydra-estimate")
+
     def _info_html(self) -> str:
         job = self.job
         info = [f"elapsed {D.format_seconds(D.elapsed(job))}"]
-        eta = job.eta()
-        if not job.done and eta is not None and eta > 0:
-            info.append(f"ETA {D.format_seconds(eta)}")
+        eta = D.eta_text(job) if not job.done else None
+        if eta:
+            info.append(eta)
         if job.credits_charged is not None:
             info.append(f"{job.credits_charged} credits")
         if job.poll_error and not job.done:
@@ -269,6 +281,8 @@ class JobView(W.VBox):
             value = self._info_html()
             if value != self.info.value:
                 self.info.value = value
+            if self.job.progress is None:  # an estimate moves with the clock, not with the polls
+                self._set_bar()
 
     # -- cancel -----------------------------------------------------------------------------
     def _on_cancel_click(self, _button: Any = None) -> None:
