@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -355,7 +356,32 @@ def test_ambiguous_generation_is_never_resent_without_idempotency() -> None:
         assert api.count("POST") == 1, "a dropped connection after sending is not retried"
 
 
-def test_generation_after_a_lost_answer_is_charged_once(sb: sandbox_mod.Sandbox) -> None:
+@pytest.fixture
+def idempotent_sb() -> Iterator[sandbox_mod.Sandbox]:
+    """A sandbox that echoes and honours Idempotency-Key: an easier server than the reference
+    promises, asked for by name to test the replay path the client takes only when it is shown."""
+    with sandbox_mod.start(credits=10_000, speed=100, seed=11, idempotency=True) as box:
+        yield box
+
+
+def test_without_an_echo_the_client_never_replays_a_paid_request(sb: sandbox_mod.Sandbox) -> None:
+    """The default sandbox, like the reference, says nothing of Idempotency-Key: a lost answer is an
+    OutcomeUnknownError, charged once, never a second POST."""
+    c = make_client(sb)
+    c.generate("elevenlabs-tts", text="no echo here")
+    assert not c._transport.honours_idempotency
+    before = sb.state()["charged"]
+    sb.set_faults("dropafter=1.0,seed=1")
+    try:
+        with pytest.raises(vydra_nb.OutcomeUnknownError):
+            c.generate("veo3", prompt="lost answer")
+    finally:
+        sb.set_faults(None)
+    assert sb.state()["charged"] - before == 175
+
+
+def test_generation_after_a_lost_answer_is_charged_once(idempotent_sb: sandbox_mod.Sandbox) -> None:
+    sb = idempotent_sb
     c = make_client(sb)
     c.generate("elevenlabs-tts", text="learn that the server honours Idempotency-Key")
     assert c._transport.honours_idempotency

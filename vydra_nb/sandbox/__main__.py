@@ -23,6 +23,8 @@ import threading
 
 from . import start
 from .api import FLAVORS
+from .jobs import DURATION_MODES, PROGRESS_MODES
+from .ratelimit import PLANS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'spec': the reference exactly; 'live': plus the live service's extras")
     parser.add_argument("--key", default=None, help="API key to accept (default: a fresh vydra_sandbox_ key)")
     parser.add_argument("--seed", type=int, default=None, help="seed for job jitter and faults")
-    parser.add_argument("--plan", default="creator", choices=["free", "creator", "pro", "enterprise"])
+    parser.add_argument("--plan", default="creator", choices=sorted(PLANS),
+                        help="the plan whose rate limits and concurrency cap apply (GET /account/rate-limits)")
+    parser.add_argument("--progress", default="provider", choices=PROGRESS_MODES,
+                        help="what job views say of progress: 'provider' (the default) mirrors the providers: "
+                             "no percentage for kie.ai models, coarse steps for the others")
+    parser.add_argument("--durations", default="realistic", choices=DURATION_MODES,
+                        help="how job durations vary: 'realistic' spreads them 0.6x-1.8x the model's base")
+    parser.add_argument("--idempotency", action="store_true",
+                        help="echo and honour Idempotency-Key (the reference documents neither: off by default)")
     parser.add_argument("--media-limit-mb", type=float, default=512, help="disk bound for rendered media")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
     parser.add_argument("-q", "--quiet", action="store_true", help="no 'listening on' line on stderr")
@@ -76,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sb = start(credits=args.credits, speed=args.speed, faults=args.faults, flavor=args.flavor,
                    port=args.port, api_key=args.key, seed=args.seed, plan=args.plan,
-                   media_limit_mb=args.media_limit_mb, verbose=args.verbose)
+                   media_limit_mb=args.media_limit_mb, verbose=args.verbose, progress=args.progress,
+                   durations=args.durations, idempotency=args.idempotency)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -265,6 +265,7 @@ class SandboxProcess:
 def spawn(credits: int = 10_000, speed: float = 1.0, faults: str | FaultSpec | None = None,
           flavor: str = "spec", port: int = 0, api_key: str | None = None, seed: int | None = None,
           plan: str = "creator", media_limit_mb: float = 512, verbose: bool = False,
+          progress: str = "provider", durations: str = "realistic", idempotency: bool = False,
           start_timeout: float = START_TIMEOUT) -> SandboxProcess:
     """Start a sandbox in a child process (the same options as :func:`vydra_nb.sandbox.start`).
 
@@ -272,18 +273,25 @@ def spawn(credits: int = 10_000, speed: float = 1.0, faults: str | FaultSpec | N
     :class:`SandboxStartError` if the process fails to start.
     """
     from .api import FLAVORS
+    from .jobs import DURATION_MODES, PROGRESS_MODES, check_mode
+    from .ratelimit import plan_limits
 
     if not speed > 0:
         raise ValueError("speed must be > 0")
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}")
+    check_mode("progress", progress, PROGRESS_MODES)
+    check_mode("durations", durations, DURATION_MODES)
+    plan_limits(plan)
     faults_text = spec_text(faults)
     if faults_text:
         FaultSpec.parse(faults_text)  # the in-process ValueError, not a child's exit code
     args = [sys.executable, "-m", "vydra_nb.sandbox", "--quiet", "--exit-with-stdin",
             "--parent-pid", str(os.getpid()), "--credits", str(int(credits)), "--speed", repr(float(speed)),
             "--flavor", flavor, "--port", str(int(port)), "--plan", plan,
-            "--media-limit-mb", repr(float(media_limit_mb))]
+            "--media-limit-mb", repr(float(media_limit_mb)), "--progress", progress, "--durations", durations]
+    if idempotency:
+        args.append("--idempotency")
     if faults_text:
         args += ["--faults", faults_text]
     if api_key is not None:
