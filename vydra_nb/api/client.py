@@ -11,6 +11,7 @@ is this class wired to the session's history, tracker and backend, and is what u
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from datetime import datetime, timezone
 import logging
@@ -24,11 +25,25 @@ from pathlib import Path
 from typing import Any
 
 from vydra_nb.api.errors import CreditWarning, NotFoundError, ResponseError, ValidationError, VydraError
+from vydra_nb.api.inputs import (
+    UPLOAD_MAX_AGE,
+    LocalFile,
+    Resolved,
+    Upload,
+    check_local_file,
+    field_kind,
+    file_from_bytes,
+    job_input,
+    media_input,
+    resolve_inputs,
+    stand_ins,
+    upload_name,
+)
 from vydra_nb.api.jobs import Job, JobRegistry
-from vydra_nb.api.media import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_DOWNLOAD, Downloader, Media
+from vydra_nb.api.media import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_DOWNLOAD, Downloader, Media, is_safe_url
 from vydra_nb.api.models import CancelResult, Model, Organization, as_int, as_str
 from vydra_nb.api.polling import DurationPrior, PollPolicy
-from vydra_nb.api.ratelimit import GENERATE, LIST, STATUS, Limit, RateLimiter
+from vydra_nb.api.ratelimit import GENERATE, LIST, STATUS, UPLOAD, Limit, RateLimiter
 from vydra_nb.api.settings import download_home, host_key, is_sandbox_url, resolve_api_key
 from vydra_nb.api.transport import Transport
 
@@ -86,6 +101,10 @@ class APIClient:
         self.registry = registry if registry is not None else JobRegistry()
         self.credits_remaining: int | None = None
         self._warned_low = False
+        self._uploads: dict[str, tuple[Upload, float]] = {}
+        self._uploads_lock = threading.Lock()
+        self._upload_lock = threading.Lock()
+        self.uploads_sent = 0  # POST /upload requests this client sent (cache hits send none)
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -242,12 +261,99 @@ class APIClient:
         m = model if isinstance(model, Model) else self.model(model)
         return m.price({**(params or {}), **kwargs})
 
-    def prepare(self, model: str | Model, params: Mapping[str, Any], /) -> tuple[Model, dict[str, Any]]:
-        """Validate ``params`` locally against the model's ``inputSchema``: the request that would be sent."""
+    def prepare(
+        self, model: str | Model, params: Mapping[str, Any], /, *, wait_inputs: bool | float = False
+    ) -> tuple[Model, dict[str, Any]]:
+        """Validate ``params`` locally against the model's ``inputSchema``: the request that would be sent.
+
+        URL parameters may hold a finished ``Job`` or ``Media`` (its URL is used), or a local image
+        file (checked now, uploaded at submission: the body holds a ``LocalFile`` until then); see
+        ``resolve_inputs``. Nothing is sent, except that ``wait_inputs`` waits for unfinished jobs.
+        """
+        m = model if isinstance(model, Model) else self.model(model)
+        resolved = self.resolve_inputs(m, params, wait_inputs=wait_inputs)
+        m.validate(stand_ins(resolved.body))
+        return m, resolved.body
+
+    def resolve_inputs(
+        self, model: str | Model, params: Mapping[str, Any], /, *, wait_inputs: bool | float = False
+    ) -> Resolved:
+        """``params`` with every input of a URL parameter resolved and checked, sending nothing.
+
+        A finished Job or Media gives its media URL (an unfinished job is refused with a line that
+        says to wait, or waited for with ``wait_inputs``: True, or a number of seconds); a local
+        path (``str`` or ``Path``) must be an image POST /upload accepts (checked by its bytes,
+        size, and as a regular file named without ``..``) and becomes a ``LocalFile``.
+        """
         m = model if isinstance(model, Model) else self.model(model)
         body = {k: v for k, v in params.items() if v is not None}
-        m.validate(body)
-        return m, body
+        return resolve_inputs(m, body, wait=wait_inputs, remote=not self.is_sandbox)
+
+    # -- uploads ----------------------------------------------------------------------------
+    def known_upload(self, sha256: str) -> Upload | None:
+        """What an earlier upload of this content to this server answered, if it is still fresh
+        (``vydra_nb.Client`` also looks in the history, so a new kernel uploads nothing again)."""
+        with self._uploads_lock:
+            known = self._uploads.get(sha256)
+        if known is None or time.monotonic() - known[1] > UPLOAD_MAX_AGE:
+            return None
+        return known[0]
+
+    def remember_upload(self, upload: Upload) -> None:
+        """Keep an upload's answer for ``known_upload`` (the history keeps it too, in ``Client``)."""
+        with self._uploads_lock:
+            self._uploads[upload.sha256] = (upload, time.monotonic())
+
+    def upload(self, file: str | os.PathLike[str] | bytes | LocalFile, /, *, filename: str | None = None,
+               field: str = "file") -> Upload:
+        """Upload an image (``POST /upload``: PNG, JPEG, WebP or GIF, up to 20 MB, free) and return
+        its hosted URL; the same content is uploaded once per server (cached by its SHA-256).
+
+        Everything is checked before the request (see ``vydra_nb.api.inputs``): a bad file is a
+        one-line ValidationError and sends nothing. The request goes to the API host only, through
+        the rate limiter's ``upload`` window.
+        """
+        data: bytes | None = None
+        if isinstance(file, (bytes, bytearray)):
+            data = bytes(file)
+            sha, mime, name = file_from_bytes(data, filename or "upload.png", field=field)
+            local = None
+        else:
+            local = file if isinstance(file, LocalFile) else check_local_file(file, field=field, takes=field_kind(field))
+            data, sha, mime = None, local.sha256, local.mime
+            name = upload_name(filename or local.name, mime)
+        with self._upload_lock:  # one upload of a content at a time: the second finds the first's answer
+            known = self.known_upload(sha)
+            if known is not None:
+                return dataclasses.replace(known, cached=True)
+            if data is None and local is not None:
+                data = local.read(field)  # checked again; refused if it changed since
+            assert data is not None
+            resp = self._transport.send("POST", "/upload", category=UPLOAD, files={"file": (name, data, mime)})
+            answer = resp.data if isinstance(resp.data, dict) else {}
+            url = answer.get("url")
+            if not is_safe_url(url):
+                raise ResponseError("The server's /upload answer has no http(s) url; nothing can refer to the file.")
+            up = Upload(url=str(url), sha256=sha, filename=as_str(answer.get("filename")) or name,
+                        size=as_int(answer.get("size")) or len(data), type=as_str(answer.get("type")) or mime,
+                        key=as_str(answer.get("key")))
+            self.uploads_sent += 1
+            self.remember_upload(up)
+        log.info("uploaded %s (%d bytes) to %s", name, len(data), self.host)
+        return up
+
+    def _materialize(self, value: Any, field: str) -> Any:
+        """A body value as it goes on the wire: local files uploaded (or found in the cache), a
+        Job or Media given as its URL; lists item by item."""
+        if isinstance(value, list):
+            return [self._materialize(v, f"{field}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, LocalFile):
+            return self.upload(value, field=field).url
+        if isinstance(value, Job):
+            return job_input(value, field=field, takes=field_kind(field), remote=not self.is_sandbox)
+        if isinstance(value, Media):
+            return media_input(value, field=field, takes=field_kind(field), remote=not self.is_sandbox)
+        return value
 
     def generate(
         self,
@@ -257,6 +363,7 @@ class APIClient:
         *,
         idempotency_key: str | None = None,
         validate: bool = True,
+        wait_inputs: bool | float = False,
         **kwargs: Any,
     ) -> Job:
         """Submit a generation (``POST /models/{slug}``) and return its ``Job`` at once.
@@ -266,16 +373,24 @@ class APIClient:
         Job listeners (the history store) hear of the job before this returns. ``model`` and
         ``params`` are positional-only, so a schema parameter may itself be called ``model``
         (Grok Imagine's is); parameters can be keywords or a mapping.
+
+        A URL parameter also takes a finished ``Job`` (its media URL), a ``Media``, or a local
+        image file (``str`` or ``Path``): checked before anything is sent, then uploaded once
+        (``upload``) and its hosted URL sent. An unfinished job is refused with a line that says
+        to wait, unless ``wait_inputs`` (True, or seconds) waits for it.
         """
         params = {**(params or {}), **kwargs}
         if validate:
-            m, body = self.prepare(model, params)
+            m, body = self.prepare(model, params, wait_inputs=wait_inputs)
             slug = m.slug
         else:
             slug = model.slug if isinstance(model, Model) else str(model)
             body = {k: v for k, v in params.items() if v is not None}
+            if isinstance(model, Model):
+                body = self.resolve_inputs(model, body, wait_inputs=wait_inputs).body
         if not slug or "/" in slug or slug.startswith("."):
             raise ValidationError(f"{slug!r} is not a model slug.", field="model")
+        body = {k: self._materialize(v, k) for k, v in body.items()}  # uploads: after every check
         key = idempotency_key or f"vydra-nb-{uuid.uuid4().hex}"
         resp = self._transport.send("POST", f"/models/{slug}", category=GENERATE, json=body, idempotency_key=key)
         data = resp.data if isinstance(resp.data, dict) else None

@@ -479,6 +479,38 @@ class Job:
             self.local_path = path
         self._notify()
 
+    # -- posters and frames -------------------------------------------------------------------
+    def poster(self) -> Path | None:
+        """The poster frame of this job's downloaded video, a small JPEG beside it (made once,
+        locally, with PyAV and Pillow); None for other media, before the download, or where it
+        cannot be made (one ``PosterWarning`` line says why)."""
+        from vydra_nb.api import posters
+
+        local = self.local_path
+        if self.status != COMPLETED or local is None or not posters.is_video(Path(local)) or not Path(local).is_file():
+            return None
+        return posters.make_poster(Path(local))
+
+    def frames(self, n: int = 6) -> Any:
+        """A strip of ``n`` keyframes spread over this job's video (``Frames``: shows as a row of
+        small images in a notebook; ``.images``, ``.times``, ``.save(folder)``). Downloads the
+        video first if needed. Raises VydraError for a job without a video, or without PyAV/Pillow."""
+        from vydra_nb.api import posters
+
+        if self.status != COMPLETED:
+            raise VydraError(f"Job {self.id} is {self.status}; frames come from a completed video.")
+        local = self.local_path
+        if local is None or not Path(local).is_file():
+            local = self.download()
+        if not posters.is_video(Path(local)):
+            raise VydraError(f"Job {self.id}'s result is not a video ({Path(local).suffix or 'no extension'}).")
+        try:
+            return posters.keyframes(Path(local), int(n), job_id=self.id)
+        except ImportError:
+            raise VydraError(f"job.frames() needs PyAV and Pillow: {posters.INSTALL_HINT}.") from None
+        except ValueError as exc:
+            raise VydraError(f"No frames from job {self.id}'s video: {exc}.") from None
+
     # -- display ----------------------------------------------------------------------------
     def summary(self) -> str:
         """One line for text displays and logs (no key, nothing executable)."""

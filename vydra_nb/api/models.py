@@ -349,7 +349,8 @@ class Model:
                 raise ValidationError(f"{key} holds an invalid character (a lone surrogate): not Unicode text.",
                                       field=key) from None
             if uri and not is_http_url(item):
-                raise ValidationError(f"{key} needs an http(s) URL (got {shown(item)}).", field=key)
+                raise ValidationError(f"{key} needs an http(s) URL, a finished Job or a local image file (got {shown(item)}).",
+                                      field=key)
         min_length = prop.get("minLength")
         if isinstance(value, str) and isinstance(min_length, int) and len(value.strip()) < min_length:
             raise ValidationError(

@@ -1,9 +1,11 @@
 """Client-side rate limits: a burst waits for its turn instead of collecting 429s.
 
 The API documents per-minute limits per category (10 generations, 100 status checks, 50 model
-listings). Each category gets a sliding-window limiter. When the server sends ``X-RateLimit-*``
-headers, or answers 429 with ``Retry-After``, the window is tightened to match: the server's count
-is the truth (other processes may share the key), ours is only a lower bound.
+listings); uploads (``POST /upload``, free) get a window of their own, 20 a minute, so that
+uploading the inputs of a sweep never eats into the generations' budget. Each category gets a
+sliding-window limiter. When the server sends ``X-RateLimit-*`` headers, or answers 429 with
+``Retry-After``, the window is tightened to match: the server's count is the truth (other
+processes may share the key), ours is only a lower bound.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 GENERATE = "generate"
 STATUS = "status"
 LIST = "list"
+UPLOAD = "upload"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ DEFAULT_LIMITS: Mapping[str, Limit] = {
     GENERATE: Limit(10, 60.0),
     STATUS: Limit(100, 60.0),
     LIST: Limit(50, 60.0),
+    UPLOAD: Limit(20, 60.0),
 }
 
 

@@ -42,7 +42,7 @@ from vydra_nb.api.errors import (
     one_line,
 )
 from vydra_nb.api.models import as_int
-from vydra_nb.api.ratelimit import Limit, RateLimiter
+from vydra_nb.api.ratelimit import UPLOAD, Limit, RateLimiter
 from vydra_nb.api.settings import MISSING_KEY_MESSAGE, VERSION, check_key_transport, mask_key, redact, resolve_base_url
 
 log = logging.getLogger("vydra_nb")
@@ -178,14 +178,19 @@ class Transport:
         category: str,
         params: Mapping[str, Any] | None = None,
         json: Any = None,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
         idempotency_key: str | None = None,
     ) -> Response:
-        """Send one API call with the retry rules above and return its parsed answer."""
+        """Send one API call with the retry rules above and return its parsed answer.
+
+        ``files`` sends a multipart body (``POST /upload``: ``{"file": (name, bytes, type)}``).
+        An upload is free and creates nothing that costs, so it is retried like a read.
+        """
         if not self._key:
             raise ConfigurationError(MISSING_KEY_MESSAGE)
         url = self.base_url + path
         check_key_transport(url)
-        generation = method.upper() == "POST"
+        generation = method.upper() == "POST" and category != UPLOAD
         headers = {"Accept": "application/json"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
@@ -200,7 +205,7 @@ class Transport:
                     self.requests_sent += 1
                 log.debug("%s %s (attempt %d)", method, path, attempt + 1)
                 resp = self.session.request(
-                    method, url, headers=headers, params=params, json=json, auth=self._auth,
+                    method, url, headers=headers, params=params, json=json, files=files, auth=self._auth,
                     timeout=self.timeout, allow_redirects=False, stream=True,
                 )
                 too_large = not _read_body(resp, self.max_response_bytes)

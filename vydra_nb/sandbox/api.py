@@ -173,10 +173,19 @@ class Api:
         self.started = time.time()
         self._replays: dict[tuple[str, str], _Replay] = {}
         self._keys_lock = threading.Lock()
+        #: authenticated requests answered, by handler ("upload", "generate", "get_job"...): what
+        #: a test counts to prove that a client sent nothing (or uploaded once)
+        self.handled: dict[str, int] = {}
+        self._handled_lock = threading.Lock()
 
     @property
     def live(self) -> bool:
         return self.flavor == "live"
+
+    def handled_counts(self) -> dict[str, int]:
+        """Authenticated requests answered so far, by handler."""
+        with self._handled_lock:
+            return dict(self.handled)
 
     # -- responses -------------------------------------------------------------------------------
     def error(self, status: int, message: str, code: str, **extra: Any) -> Response:
@@ -229,6 +238,8 @@ class Api:
         category, handler, args, allowed = route
         if handler is None:
             return self._method_not_allowed(allowed)
+        with self._handled_lock:
+            self.handled[handler] = self.handled.get(handler, 0) + 1
         verdict = self.limiter.hit(key, category, org=ORG_ID)
         idem_key = self._idempotency_key(req) if category == "generation" else None
         if not verdict.allowed:

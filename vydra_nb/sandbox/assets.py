@@ -446,14 +446,19 @@ class OutputBuilder:
     def _compose(self, job: Job) -> dict[str, Any]:
         urls = job.params["video_urls"]
         sources = [self._source(u, "video") for u in urls]
+        audio_url = job.params.get("audio_url")
+        track = self.store.from_url(audio_url) if audio_url else None
+        track = track if track is not None and track.kind in ("audio", "video") else None
         name = f"{job.id}.mp4"
         if any(s is None for s in sources):
+            over = " with a soundtrack" if audio_url else ""
             return self._video_output(self._video(name, 640, 360, 5.0 * len(urls), job.model.name,
-                                                  f"Composition of {len(urls)} videos"))
+                                                  f"Composition of {len(urls)} videos{over}"))
         store = self.store
 
         def op(path: Path) -> None:
-            _media().compose_videos([store.path(s) for s in sources], path)
+            _media().compose_videos([store.path(s) for s in sources], path,
+                                    soundtrack=store.path(track) if track is not None else None)
         first = sources[0]
         return self._video_output(self._derived(name, "video", op, width=first.width, height=first.height,
                                                 duration=sum(s.duration or 0 for s in sources)))

@@ -225,10 +225,12 @@ def build_catalog() -> list[Model]:
         Model(
             slug="video-compose", name="Video Compose", provider="vydra",
             credits_per_unit=5, pricing_unit="request",
-            description="Concatenate videos into one",
+            description="Concatenate videos into one, optionally with a soundtrack (a voice-over) laid over them",
             input_schema=_schema(
                 {"video_urls": {"type": "array", "items": {"type": "string", "format": "uri"},
-                                "minItems": 2, "maxItems": 20, "description": "Videos in playing order"}},
+                                "minItems": 1, "maxItems": 20, "description": "Videos in playing order"},
+                 "audio_url": _url("Optional soundtrack laid over the result from its start (a voice-over); "
+                                   "the clips' own sound stays underneath, quieter")},
                 ["video_urls"],
             ),
             kind="compose", duration_s=5,

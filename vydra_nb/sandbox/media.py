@@ -744,11 +744,24 @@ def trim_video(src, dst, *, start: float, end: float) -> None:
             _write_mp4(tmp, width, height, rate, _frames_at(c, fps, start, end), audio=audio)
 
 
-def compose_videos(srcs: list, dst) -> None:
-    """Concatenate clips into one MP4, scaled to the first clip's size and frame rate."""
+def compose_videos(srcs: list, dst, soundtrack=None) -> None:
+    """Concatenate clips into one MP4, scaled to the first clip's size and frame rate.
+
+    ``soundtrack`` (an audio or video file) is laid over the result from its start, a voice-over:
+    the clips' own sound is kept underneath at a third of its level.
+    """
     if isinstance(srcs, (str, bytes, os.PathLike)) or not srcs:
         raise ValueError("srcs must be a non-empty list of video paths")
     paths = [_source(s, "srcs[]") for s in srcs]
+    voice = None
+    if soundtrack is not None:
+        sp = _source(soundtrack, "soundtrack")
+        if _is_image_file(sp):
+            raise ValueError(f"{str(sp)!r} is an image, not a soundtrack")
+        with _open_av(sp) as sc:
+            voice = _decode_audio(sc)
+        if voice is None:
+            raise ValueError(f"{str(sp)!r} has no audio")
     for p in paths:
         if _is_image_file(p):
             raise ValueError(f"{str(p)!r} is an image, not a video")
@@ -764,7 +777,7 @@ def compose_videos(srcs: list, dst) -> None:
         width, height = _even(vs0.codec_context.width), _even(vs0.codec_context.height)
         fps = float(rate)
         audios = [_decode_audio(c) for c in containers]
-        has_audio = any(a is not None for a in audios)
+        has_audio = any(a is not None for a in audios) or voice is not None
         pieces = []
         counts = []
         for (vs, _, duration), a in zip(infos, audios):
@@ -783,9 +796,13 @@ def compose_videos(srcs: list, dst) -> None:
             for c, count in zip(containers, counts):
                 yield from _frames_at(c, fps, 0.0, count / fps)
 
+        audio = np.concatenate(pieces) if has_audio else None
+        if voice is not None and audio is not None:
+            audio = audio * (1 / 3)
+            n = min(len(audio), len(voice))
+            audio[:n] += voice[:n]
         with _atomic(dst) as tmp:
-            _write_mp4(tmp, width, height, rate, frames(),
-                       audio=np.concatenate(pieces) if has_audio else None)
+            _write_mp4(tmp, width, height, rate, frames(), audio=audio)
     finally:
         for c in containers:
             c.close()

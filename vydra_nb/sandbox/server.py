@@ -301,11 +301,13 @@ class Sandbox:
 
     # -- control ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """A consistent snapshot: credits, ledger entries and job counts by status."""
+        """A consistent snapshot: credits, ledger entries, job counts by status, and the
+        authenticated requests answered so far by handler (``requests``: upload, generate...)."""
         with self.ledger.lock:
             counts = self.jobs.settle_all()
             snapshot = self.ledger.snapshot()
         snapshot["jobs"] = counts
+        snapshot["requests"] = self.api.handled_counts()
         return snapshot
 
     def set_faults(self, spec: str | FaultSpec | None) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vydra_nb.api.client import APIClient
+from vydra_nb.api.inputs import UPLOAD_MAX_AGE, Upload
 from vydra_nb.api.polling import DurationPrior
 from vydra_nb.api.settings import download_home
 from vydra_nb.session import Session, current
@@ -62,6 +63,7 @@ class Client(APIClient):
         )
         self._own_history: History | None = None
         self._priors: dict[str, tuple[float, DurationPrior | None]] = {}
+        self._records = history is not False
         if history is True:
             self.history: History | None = None
             self.add_job_listener(self.session.record)
@@ -102,6 +104,40 @@ class Client(APIClient):
             prior = None
         self._priors[model] = (now, prior)
         return prior
+
+    def _store(self) -> History | None:
+        """The history this client records in (None with ``history=False``)."""
+        if not self._records:
+            return None
+        return self.history if self.history is not None else self.session.history()
+
+    def known_upload(self, sha256: str) -> Upload | None:
+        """An earlier upload of this content to this server: this client's, else the history's
+        (so a new kernel, or running the cell again, uploads nothing)."""
+        known = super().known_upload(sha256)
+        if known is not None:
+            return known
+        try:
+            store = self._store()
+            row = store.upload(sha256, self.host, max_age=UPLOAD_MAX_AGE) if store is not None else None
+        except Exception:  # a history that cannot be read only means uploading again
+            row = None
+        if row is None:
+            return None
+        found = Upload(url=row["url"], sha256=sha256, filename=row.get("filename"), size=row.get("size"),
+                       type=row.get("content_type"))
+        super().remember_upload(found)
+        return found
+
+    def remember_upload(self, upload: Upload) -> None:
+        super().remember_upload(upload)
+        try:
+            store = self._store()
+            if store is not None:
+                store.record_upload(upload.sha256, self.host, upload.url, filename=upload.filename,
+                                    size=upload.size, content_type=upload.type)
+        except Exception:  # the upload happened; only the cache is lost
+            pass
 
     def _default_download_dir(self) -> Path:
         configured = self.session.settings.download_dir

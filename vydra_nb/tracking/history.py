@@ -327,6 +327,38 @@ class History:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
+    # -- uploads: the same content is uploaded once per server --------------------------------
+    def upload(self, sha256: str, host: str | None, *, max_age: float | None = None) -> dict[str, Any] | None:
+        """The upload of this content to ``host`` (a row: url, filename, size, content_type,
+        uploaded_at), if one is recorded and younger than ``max_age`` seconds."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT * FROM uploads WHERE sha256 = ? AND host = ?", (sha256, host or "")
+            ).fetchone()
+        if row is None:
+            return None
+        data = dict(row)
+        if max_age is not None and time.time() - float(data["uploaded_at"]) > max_age:
+            return None
+        return data
+
+    def record_upload(self, sha256: str, host: str | None, url: str, *, filename: str | None = None,
+                      size: int | None = None, content_type: str | None = None) -> None:
+        """Remember that this content is at ``url`` on ``host`` (a later upload of it replaces the row)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO uploads (sha256, host, url, filename, size, content_type, uploaded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sha256, host) DO UPDATE SET url = excluded.url, "
+                "filename = excluded.filename, size = excluded.size, content_type = excluded.content_type, "
+                "uploaded_at = excluded.uploaded_at",
+                (sha256, host or "", url, filename, size, content_type, time.time()),
+            )
+
+    def uploads(self) -> list[dict[str, Any]]:
+        """Every recorded upload, newest first."""
+        with self._lock:
+            return [dict(r) for r in self._conn.execute("SELECT * FROM uploads ORDER BY uploaded_at DESC").fetchall()]
+
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
     data = dict(row)

@@ -200,8 +200,13 @@ def player_html(
     *,
     embed_limit_bytes: int = IMAGE_EMBED_LIMIT,
     media_embed_limit_bytes: int = MEDIA_EMBED_LIMIT,
+    posters: bool = True,
 ) -> str:
-    """The player for a completed job (``<video>``/``<img>``/``<audio>``/``<pre>``), URL and local file."""
+    """The player for a completed job (``<video>``/``<img>``/``<audio>``/``<pre>``), URL and local file.
+
+    A video carries its poster frame (``poster_src``): the player shows it before playing, and it
+    is the fallback image where a front end cannot play ``<video>`` or the URL has expired.
+    """
     media, kind = primary_media(job)
     url = media.url if media is not None and is_safe_url(media.url) else None
     local = job.local_path if job.local_path is not None and Path(job.local_path).is_file() else None
@@ -219,8 +224,10 @@ def player_html(
             except OSError:
                 text = None
         parts.append(f'<pre class="vydra-transcript">{esc(text or "")}</pre>')
-    elif src and kind == "video":
-        parts.append(f'<video class="vydra-video" controls playsinline preload="metadata" src="{esc(src)}"></video>')
+    elif kind == "video" and (src or posters):
+        poster = poster_src(job) if posters else None
+        if src or poster:
+            parts.append(video_html(src, poster, alt=shorten(job.prompt, 120)))
     elif src and kind == "image":
         parts.append(f'<img class="vydra-image" alt="{esc(shorten(job.prompt, 120))}" src="{esc(src)}">')
     elif src and kind == "audio":
@@ -237,7 +244,64 @@ def player_html(
     return f'<div class="vydra-player">{"".join(parts)}</div>'
 
 
-def outcome_html(job: Job, **kw: int) -> str:
+POSTER_EMBED_LIMIT = 96 * 1024
+"""Posters (and grid thumbnails) are embedded as ``data:`` URIs below this size: they are small
+JPEGs we make ourselves (about 5-20 kB), so a saved notebook shows every video without its URL."""
+
+_THUMBNAIL_KEYS = ("thumbnailUrl", "thumbnail_url", "posterUrl", "poster_url", "coverUrl", "thumbnail")
+
+
+def local_src(job: Job) -> str | None:
+    """A relative URL for the job's saved file when it lies under the notebook's folder."""
+    local = job.local_path if job.local_path is not None and Path(job.local_path).is_file() else None
+    return _beside_notebook(local)
+
+
+def poster_src(job: Job) -> str | None:
+    """The poster of a completed video: our own JPEG of a frame of the downloaded file, as a
+    ``data:`` URI; else a ``thumbnailUrl`` the service gave (an http(s) URL); else None."""
+    try:
+        path = job.poster()
+    except Exception:  # a poster is an extra: never let it break a view
+        path = None
+    if path is not None:
+        uri = _data_uri(Path(path), POSTER_EMBED_LIMIT)
+        if uri is not None:
+            return uri
+    output = job.output or {}
+    for key in _THUMBNAIL_KEYS:
+        value = output.get(key)
+        if is_safe_url(value):
+            return str(value)
+    return None
+
+
+def thumbnail_src(job: Job) -> str | None:
+    """A small JPEG of a completed image job's downloaded file, as a ``data:`` URI (for grids)."""
+    local = job.local_path
+    if local is None or Path(local).suffix.lower() not in _MIME or _KIND_BY_EXT.get(Path(local).suffix.lower()) != "image":
+        return None
+    from vydra_nb.api import posters
+
+    data = posters.thumbnail(Path(local))
+    if data is None or len(data) >= POSTER_EMBED_LIMIT:
+        return None
+    return posters.data_uri(data)
+
+
+def video_html(src: str | None, poster: str | None, *, alt: str = "", preload: str = "metadata") -> str:
+    """``<video>`` with its poster, and the poster again as the fallback ``<img>`` for front ends
+    that cannot play video (or when there is no source left to play)."""
+    fallback = (f'<img class="vydra-poster" alt="{esc(alt or "video poster")}" src="{esc(poster)}">'
+                if poster else "")
+    if src is None:
+        return fallback
+    poster_attr = f' poster="{esc(poster)}"' if poster else ""
+    return (f'<video class="vydra-video" controls playsinline preload="{esc(preload)}"{poster_attr} '
+            f'src="{esc(src)}">{fallback}</video>')
+
+
+def outcome_html(job: Job, **kw: Any) -> str:
     """The body under the header: player, error and refund, refund, or a static progress line."""
     if job.status == COMPLETED:
         return player_html(job, **kw)
