@@ -349,9 +349,12 @@ def test_line_commands_expand_variables_like_other_magics(ip: InteractiveShell, 
     ip.user_ns["animal"] = "heron"
     job = ip.run_cell_magic("vydra", "elevenlabs-tts -o said", "A {animal} costs $5")
     assert job.params["text"] == "A heron costs $5"
-    # generate's line is passed on unexpanded: a literal `{x}` in a value stays as typed.
-    ip.user_ns["x"] = "https://e.com/replaced.png"
-    out = ip.run_cell("%vydra generate video-extract --video-url https://e.com/v{x}.mp4 --dry-run", store_history=False)
+    # generate's flags are filled like a cell's, once, by us: `{x}` from the variables, `{{` for a brace.
+    ip.user_ns["x"] = "https://e.com/replaced.mp4"
+    out = ip.run_cell("%vydra generate video-extract --video-url {x} --dry-run", store_history=False)
+    assert out.error_in_exec is None, out.error_in_exec
+    assert '"video_url": "https://e.com/replaced.mp4"' in capsys.readouterr().out
+    out = ip.run_cell("%vydra generate video-extract --video-url https://e.com/v{{x}}.mp4 --dry-run", store_history=False)
     assert out.error_in_exec is None, out.error_in_exec
     assert "https://e.com/v{x}.mp4" in capsys.readouterr().out
 

@@ -60,7 +60,7 @@ def test_submits_all_paced_without_429(client: Any, monkeypatch: pytest.MonkeyPa
     assert s.submit_error is None and len(s.jobs) == 12  # above the 10/window generate limit
     assert client._transport.rate_limited == 0
     assert [j.params for j in s.jobs] == s.combinations
-    assert all(isinstance(v, JobView) for v in s.widget.children) and len(s.widget.children) == 12
+    assert all(isinstance(v, JobView) for v in s.views) and len(s.views) == 12
     s.wait(30)
     assert tracker.join_idle(10)
     df = s.dataframe()
@@ -81,7 +81,7 @@ def test_submission_error_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
         s = sweep("nano-banana", ["a", "b", "c"], client=c, background=True, tracker=Tracker())
         s.wait_submitted(20)
         assert len(s.jobs) == 2 and s.submit_error is not None
-        assert "Submission stopped after 2 jobs" in s.widget.children[-1].value
+        assert "Submission stopped after 2 jobs" in s.error_note.value
         with pytest.raises(VydraError):
             sweep("nano-banana", ["a", "b", "c"], client=c, show=False, tracker=Tracker())
         c.close()

@@ -366,7 +366,7 @@ def test_a_sweep_grid_ends_as_plain_html_and_closes(shared_client: Any, monkeypa
     s.wait(30)
     _settle(tracker)
     assert _until(lambda: not _open(_tree(s._live, *s.widget.children))), "the sweep's widgets stay open"
-    assert all(isinstance(v, JobView) for v in s.widget.children) and len(s.widget.children) == 3
+    assert all(isinstance(v, JobView) for v in s.views) and len(s.views) == 3
     # The grid gave way to the plain results while its widgets were still open, then closed.
     assert updates and updates[0][1] > 0 and WIDGET_MIME not in updates[0][0]
     assert updates[-1][0]["text/html"].count("<img") == 3 and "3 completed" in updates[-1][0]["text/plain"]

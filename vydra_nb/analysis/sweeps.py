@@ -40,12 +40,18 @@ class Sweep:
     dry_run: bool = False
     declined: bool = False
     jobs: list[Job] = field(default_factory=list)
+    axes: list[tuple[str, list[Any]]] = field(default_factory=list)
+    """Every parameter swept or fixed, with its values as given (a Job, a file, a prompt line),
+    in the order the combinations were made: the grid's labels come from these."""
+    inputs: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """Each combination's parameters as given, before files and jobs became URLs."""
     submit_error: BaseException | None = None
     widget: Any = field(default=None, repr=False)
     _live: Any = field(default=None, repr=False)  # what is on screen: the summary above ``widget``
     _handle: Any = field(default=None, repr=False)  # its display handle
     _shown_html: str | None = field(default=None, repr=False)  # the plain grid, once the views ended
     _thread: threading.Thread | None = field(default=None, repr=False)
+    error_note: Any = field(default=None, repr=False)  # the live grid's line saying why submission stopped
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -90,14 +96,43 @@ class Sweep:
                                       "they go on. Wait again, or cancel them with `%vydra cancel ID`.") from None
         return self
 
+    @property
+    def varying(self) -> list[str]:
+        """The parameters that take more than one value in this sweep (the grid's axes)."""
+        return [name for name, values in self.axes if len(values) > 1]
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """The parameters every combination shares (not columns of ``dataframe()``)."""
+        return {name: values[0] for name, values in self.axes if len(values) == 1}
+
+    def entries(self) -> list[Any]:
+        """The comparison's entries (``views.comparison.Entry``): each combination as given, its
+        job once submitted, its estimated credits."""
+        from vydra_nb.views.comparison import Entry
+
+        inputs = self.inputs or self.combinations
+        return [Entry(params=inputs[i], job=self.jobs[i] if i < len(self.jobs) else None, estimate=self.costs[i])
+                for i in range(len(self.combinations))]
+
     def dataframe(self) -> Any:
-        """One row per combination: its parameters, job id, status, credits, result URL and error."""
+        """One row per combination: one column per varying parameter (a prompt, a value; a job or
+        file given as input by its label), then the estimate, job id, status, credits, result URL
+        and error. What every combination shares is ``fixed``."""
         import pandas as pd
 
+        from vydra_nb.views.comparison import value_label
+
+        varying = self.varying if self.axes else list(self.combinations[0]) if self.combinations else []
+        inputs = self.inputs or self.combinations
         rows = []
-        for i, params in enumerate(self.combinations):
+        for i, _params in enumerate(self.combinations):
             job = self.jobs[i] if i < len(self.jobs) else None
-            row: dict[str, Any] = {"estimated_credits": self.costs[i], **params}
+            row: dict[str, Any] = {}
+            for name in varying:
+                value = inputs[i].get(name)
+                row[name] = value if isinstance(value, (str, int, float, bool)) or value is None else value_label(name, value, 200)
+            row["estimated_credits"] = self.costs[i]
             if job is not None:
                 row.update({
                     "job_id": job.id, "status": job.status, "progress": job.progress,
@@ -135,14 +170,22 @@ class Sweep:
         return f"<{self.summary()}; {self.state()}>"
 
     def _repr_html_(self) -> str:
-        """The summary and a grid of every job as it stands, each as its own saved-notebook view
-        (players once completed), so a saved notebook shows the results without the widgets."""
+        """The summary and the labelled grid of every combination as it stands (rows and columns
+        named by what varies, status, credits and media in each cell, totals per row and column),
+        as plain HTML: a saved notebook and nbconvert show the same table without a kernel."""
         from vydra_nb.views import display as D
+        from vydra_nb.views.comparison import comparison_html
 
-        cards = "".join(f'<div style="min-width:0">{D.job_html(job)}</div>' for job in self.jobs)
-        grid = (f'<div class="vydra-sweep-grid" style="display:grid;gap:8px;'
-                f'grid-template-columns:repeat(auto-fill,minmax(300px,1fr))">{cards}</div>') if cards else ""
-        return f"<div><b>{D.esc(self.summary())}</b> · {D.esc(self.state())}</div>{grid}"
+        axes = self.axes or [(k, [c.get(k) for c in self.combinations]) for k in (self.combinations or [{}])[0]]
+        table = comparison_html(self.entries(), axes) if self.combinations else ""
+        return f'<div class="vydra-sweep-summary"><b>{D.esc(self.summary())}</b> · {D.esc(self.state())}</div>{table}'
+
+    @property
+    def views(self) -> list[Any]:
+        """The live job views of the grid, in submission order (empty without widgets)."""
+        grid = self.widget
+        views = getattr(grid, "views", None)
+        return [views[i] for i in sorted(views)] if isinstance(views, dict) else []
 
 
 def _as_values(value: Any) -> list[Any]:
@@ -153,6 +196,14 @@ def _as_values(value: Any) -> list[Any]:
 
 def combinations(model: Model, prompts: Sequence[str] | str | None, grid: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every combination of prompts x grid values, as request bodies, in a stable order."""
+    axes = sweep_axes(model, prompts, grid)
+    names = [a[0] for a in axes]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(a[1] for a in axes))]
+
+
+def sweep_axes(model: Model, prompts: Sequence[str] | str | None, grid: Mapping[str, Any]) -> list[tuple[str, list[Any]]]:
+    """The sweep's axes: (parameter, its values), the prompt first. A list sweeps over its values,
+    except for a parameter that takes a list (``video_urls``), where a list of lists does."""
     axes: list[tuple[str, list[Any]]] = []
     if prompts is not None:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -162,12 +213,15 @@ def combinations(model: Model, prompts: Sequence[str] | str | None, grid: Mappin
             raise ValidationError("prompts is empty: nothing to sweep.", field="prompts")
         axes.append((model.prompt_field, prompts))
     for name, value in grid.items():
-        values = _as_values(value)
+        takes_list = (model.properties.get(name) or {}).get("type") == "array"
+        if takes_list and isinstance(value, (list, tuple)) and not all(isinstance(v, (list, tuple)) for v in value):
+            values: list[Any] = [list(value)]
+        else:
+            values = [list(v) if takes_list and isinstance(v, tuple) else v for v in _as_values(value)]
         if not values:
             raise ValidationError(f"{name} has no values to sweep.", field=name)
         axes.append((name, values))
-    names = [a[0] for a in axes]
-    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(a[1] for a in axes))]
+    return axes
 
 
 def sweep(
@@ -183,6 +237,7 @@ def sweep(
     show: bool = True,
     background: bool | None = None,
     tracker: Tracker | None = None,
+    wait_inputs: bool | float = False,
     **grid: Any,
 ) -> Sweep:
     """Submit every combination of ``prompts`` x ``grid`` (list values are swept) after pricing them.
@@ -193,21 +248,30 @@ def sweep(
     in a thread so the cell returns at once. ``model`` is positional-only, so a schema parameter
     may itself be called ``model`` (Grok Imagine's is); ``parameters`` takes any name that clashes
     with this function's own keywords.
+
+    URL parameters take finished Jobs, Media and local image files too (see ``client.generate``);
+    every combination's inputs are checked before anything is sent, and each file is uploaded
+    once however many combinations use it. ``wait_inputs`` waits for unfinished input jobs.
     """
+    from vydra_nb.api.inputs import stand_ins
+
     grid = {**(parameters or {}), **grid}
     client = client or current_session().client
     m = model if isinstance(model, Model) else client.model(model)
+    axes = sweep_axes(m, prompts, grid)
+    raw = combinations(m, prompts, grid)
     bodies: list[dict[str, Any]] = []
-    for i, params in enumerate(combinations(m, prompts, grid)):
+    for i, params in enumerate(raw):
         try:
-            bodies.append(client.prepare(m, params)[1])
+            bodies.append(client.prepare(m, params, wait_inputs=wait_inputs)[1])
         except ValidationError as exc:
             raise ValidationError(f"Combination {i + 1} ({_describe(params, m)}) is invalid: {exc} Nothing was sent.",
                                   field=exc.field) from None
-    costs = [m.price(b) for b in bodies]
+    costs = [m.price(stand_ins(b)) for b in bodies]
     unknown = sum(1 for c in costs if c is None)
     total = sum(c or 0 for c in costs)
-    result = Sweep(model=m, combinations=bodies, costs=costs, total_credits=total, dry_run=dry_run)
+    result = Sweep(model=m, combinations=bodies, costs=costs, total_credits=total, dry_run=dry_run, axes=axes,
+                   inputs=raw)
     note = f"; the price of {unknown} is unknown" if unknown else ""
     in_kernel = False
     if show:
@@ -233,7 +297,7 @@ def sweep(
             return result
     tracker = tracker or current_session().tracker
     if show:
-        result.widget = _grid()
+        result.widget = _grid(result, tracker)
         if in_kernel:
             import ipywidgets as W
             from IPython.display import display
@@ -258,18 +322,24 @@ def sweep(
 
 
 def _describe(params: Mapping[str, Any], model: Model) -> str:
+    from vydra_nb.views.comparison import value_label
     from vydra_nb.views.display import shorten
 
-    return ", ".join(f"{k}={shorten(str(v), 30)!r}" if k == model.prompt_field else f"{k}={v!r}"
-                     for k, v in params.items())
+    def one(k: str, v: Any) -> str:
+        if k == model.prompt_field:
+            return f"{k}={shorten(str(v), 30)!r}"
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return f"{k}={v!r}"
+        return f"{k}={value_label(k, v)}"
+
+    return ", ".join(one(k, v) for k, v in params.items())
 
 
-def _grid() -> Any:
-    import ipywidgets as W
+def _grid(result: Sweep, tracker: Tracker) -> Any:
+    """The live labelled grid: a placeholder per combination until its job is submitted."""
+    from vydra_nb.views.live_grid import LiveGrid
 
-    grid = W.GridBox(layout=W.Layout(grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))", grid_gap="8px"))
-    grid.add_class("vydra-sweep")
-    return grid
+    return LiveGrid(result.entries(), result.axes, tracker=tracker)
 
 
 _VIEWS_LOCK = threading.Lock()
@@ -330,14 +400,11 @@ def _end_views(result: Sweep) -> None:
 def _submit_all(result: Sweep, client: APIClient, tracker: Tracker) -> None:
     """Submit sequentially; the client's limiter paces the requests. Stops at the first error."""
     try:
-        for body in result.combinations:
+        for index, body in enumerate(result.combinations):
             job = client.generate(result.model, body, validate=False)
             result.jobs.append(job)
             if result.widget is not None:
-                from vydra_nb.views.job_view import JobView
-
-                view = JobView(job, tracker=tracker)
-                result.widget.children = [*result.widget.children, view]
+                view = result.widget.set_job(index, job)
                 _watch(result, job, view)
             tracker.track(job)
     except BaseException as exc:  # kept for the caller; the jobs already sent go on
@@ -349,8 +416,10 @@ def _submit_all(result: Sweep, client: APIClient, tracker: Tracker) -> None:
 
             from vydra_nb.views.display import esc
 
-            result.widget.children = [*result.widget.children, W.HTML(
-                f'<div class="vydra-error">Submission stopped after {len(result.jobs)} jobs: {esc(exc)}</div>')]
+            note = W.HTML(f'<div class="vydra-error">Submission stopped after {len(result.jobs)} jobs: {esc(exc)}</div>')
+            result.error_note = note
+            if result._live is not None:
+                result._live.children = [*result._live.children, note]
         if result._thread is None:
             raise
     finally:

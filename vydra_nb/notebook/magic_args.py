@@ -218,6 +218,10 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
     tokens = split_line(line)
     cmd = CellCommand(model=model.slug)
     params_by_flag = cell_flag_table(model)
+    from vydra_nb.api.inputs import uri_fields  # here, not at import: it brings requests in
+
+    names: Mapping[str, Any] = namespace or {}
+    url_fields = uri_fields(model)
     it = iter(tokens[1:])
     given: dict[str, tuple[str, Any]] = {}  # what each parameter (or generic option) was given, as typed
 
@@ -267,7 +271,7 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
         elif flag == "--sandbox":
             cmd.sandbox = True
         elif flag in ("--max-credits", "--timeout"):
-            raw = value()
+            raw = _as_text(fill_flag(value(), names, flag), flag)
             try:
                 number = float(raw)
                 if not number >= 0 or not math.isfinite(number):  # "nan" and "inf" parse as floats
@@ -286,7 +290,11 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
                 cmd.params[param.name] = positive
                 bare_boolean = (flag, param, its_flag)
                 continue
-            raw = value()
+            filled = fill_flag(value(), names, its_flag) if param.type != "object" else value()
+            if not isinstance(filled, str):  # a whole {placeholder}: the object itself
+                _object_value(cmd, param, filled, its_flag, is_uri=param.name in url_fields, once=once)
+                continue
+            raw = filled
             if param.type == "array":  # repeating an array flag adds to the list
                 items = _convert(param, raw, its_flag)
                 cmd.params[param.name] = [*cmd.params.get(param.name, []), *items]
@@ -317,6 +325,92 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
     if cmd.prompts and prompt_field in cmd.params:
         raise UsageError(f"The prompt is given twice: in the cell body and as {flag_of(model, prompt_field)}.")
     return cmd
+
+
+_WHOLE = re.compile(r"\{([^{}]+)\}")
+_DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def fill_flag(raw: str, namespace: Mapping[str, Any], flag: str) -> Any:
+    """A flag's value with ``{expr}`` filled from the user's variables, as the cell body is.
+
+    A value that is one placeholder alone (``{still}``, ``{jobs[0]}``, or ``$still``) is the object
+    itself: a ``Job``, a ``Path``, a list to sweep over. Placeholders inside other text are filled as
+    text (``./frames/{name}.png``); ``{{`` is a literal brace. Unknown names are one-line errors.
+    """
+    whole = _WHOLE.fullmatch(raw.strip())
+    dollar = _DOLLAR.fullmatch(raw.strip())
+    if dollar is not None:
+        name = dollar.group(1)
+        if name not in namespace:
+            raise UsageError(f"{flag} uses an undefined variable: {name}. Define it first.")
+        return namespace[name]
+    if whole is not None and not any(c in whole.group(1) for c in ":!'\""):
+        name = whole.group(1)
+        interpolate("{" + name + "}", namespace, where=flag)  # the same checks and messages as the body
+        return string.Formatter().get_field(name, (), namespace)[0]
+    if "{" in raw or "}" in raw:
+        return interpolate(raw, namespace, where=flag)
+    return raw
+
+
+def _as_text(value: Any, flag: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise UsageError(f"{flag} needs a number, not {type(value).__name__} {shown(value)}.")
+
+
+def _object_value(cmd: CellCommand, param: Parameter, value: Any, flag: str, *, is_uri: bool,
+                  once: Callable[..., None]) -> None:
+    """A flag given an object through a placeholder: Jobs, paths and URLs for URL parameters (a
+    list sweeps over them, or fills an array parameter); values, or a list of values to sweep
+    over, for the others."""
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if param.type == "array":
+        cmd.params[param.name] = [*cmd.params.get(param.name, []), *(items if items is not None else [value])]
+        return
+    if is_uri:
+        if items is not None and len(items) > 1:
+            _refuse_duplicates(flag, items)
+            once(param.name, shown(value), items, param, flag)
+            cmd.grid[param.name] = items
+            cmd.params.pop(param.name, None)
+            return
+        if items is not None:
+            if not items:
+                raise UsageError(f"{flag} was given an empty list.")
+            value = items[0]
+        once(param.name, shown(value), value, param, flag)
+        cmd.params[param.name] = value
+        return
+    if items is not None:
+        if not items:
+            raise UsageError(f"{flag} was given an empty list.")
+        if len(items) > 1 and not _sweepable(param):
+            raise UsageError(f"{flag} takes one value (got a list of {len(items)}); a list sweeps only over "
+                             "enums and numbers.")
+        values = [_convert(param, _scalar_text(v, flag), flag) for v in items]
+        if len(values) > 1:
+            _refuse_duplicates(flag, values)
+            once(param.name, shown(value), values, param, flag)
+            cmd.grid[param.name] = values
+            cmd.params.pop(param.name, None)
+            return
+        value = items[0]
+    converted = _convert(param, _scalar_text(value, flag), flag)
+    once(param.name, shown(value), converted, param, flag)
+    cmd.params[param.name] = converted
+    cmd.grid.pop(param.name, None)
+
+
+def _scalar_text(value: Any, flag: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise UsageError(f"{flag} takes a value, not a {type(value).__name__} ({shown(value)}).")
 
 
 def _refuse_duplicates(flag: str, values: list[Any]) -> None:
@@ -350,22 +444,24 @@ def _unknown_flag(token: str, model: Model) -> str:
     return f"{model.slug} has no flag {shown(name)[1:-1]}.{hint} See `%vydra help {model.slug}`."
 
 
-def interpolate(body: str, namespace: Mapping[str, Any]) -> str:
+def interpolate(body: str, namespace: Mapping[str, Any], *, where: str = "The prompt") -> str:
     """Fill ``{name}`` placeholders from the user's namespace; ``{{`` and ``}}`` are literal braces.
 
     Only names (with optional attribute, index and format spec) are allowed, and every unknown
-    name is reported at once, before anything is sent.
+    name is reported at once, before anything is sent. ``where`` names the text in messages
+    ("The prompt", or a flag such as ``--image-url``).
     """
     formatter = string.Formatter()
     try:
         fields = [f for _, f, _, _ in formatter.parse(body) if f is not None]
     except ValueError as exc:
-        raise UsageError(f"The prompt has a stray brace ({one_line(str(exc), MESSAGE_CHARS)}); write {{{{ or }}}} for a literal brace.") from None
+        raise UsageError(f"{where} has a stray brace ({one_line(str(exc), MESSAGE_CHARS)}); write {{{{ or }}}} for a literal brace.") from None
     missing = []
     for name in fields:
         root = name.split(".")[0].split("[")[0]
         if not root.isidentifier():  # "{}", "{0}", "{ x }", "{a\nb}": not a variable, maybe a stray brace
-            raise UsageError(f"Placeholders in a prompt need a variable name, like {{subject}}, not {shown('{' + name + '}')}; "
+            what = "a prompt" if where == "The prompt" else where
+            raise UsageError(f"Placeholders in {what} need a variable name, like {{subject}}, not {shown('{' + name + '}')}; "
                              "write {{ for a brace.")
         if "(" in name:
             raise UsageError(f"Placeholders take a variable, attribute or index, not calls: {shown('{' + name + '}')}; "
@@ -374,13 +470,14 @@ def interpolate(body: str, namespace: Mapping[str, Any]) -> str:
             missing.append(root)
     if missing:
         names = one_line(", ".join(dict.fromkeys(missing)), 120)
-        raise UsageError(f"The prompt uses undefined variable(s): {names}. Define them, or write {{{{ for a literal brace.")
+        raise UsageError(f"{where} uses undefined variable(s): {names}. Define them, or write {{{{ for a literal brace.")
     for name in fields:
         _check_lookup(formatter, name, namespace)
     try:
         return formatter.vformat(body, (), namespace)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"Could not fill the prompt's placeholders: {type(exc).__name__}: {one_line(str(exc), MESSAGE_CHARS)}") from None
+        what = "the prompt" if where == "The prompt" else where
+        raise UsageError(f"Could not fill the placeholders of {what}: {type(exc).__name__}: {one_line(str(exc), MESSAGE_CHARS)}") from None
 
 
 def _check_lookup(formatter: string.Formatter, name: str, namespace: Mapping[str, Any]) -> None:

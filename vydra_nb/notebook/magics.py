@@ -192,14 +192,18 @@ class VydraMagics(Magics):
             hint = (f", or give {slug}'s own `timeout` parameter as {param_flags(model)['timeout']}"
                     if "timeout" in own else "")
             raise UsageError(f"--timeout limits how long --wait waits, and this cell does not wait; add --wait{hint}.")
+        from vydra_nb.api.inputs import stand_ins
+
         bodies = request_bodies(cmd, model)
         client = self.client
-        for body in bodies:  # every combination is checked before any is sent
-            client.prepare(model, body)
-        prices = [model.price(b) for b in bodies]
+        wait_inputs: bool | float = (cmd.timeout or True) if (cmd.wait or self.default_wait) else False
+        # Every combination is checked before any is sent: its schema, and its inputs (a Job has
+        # finished, or with --wait is waited for; a local file is an image within the upload limit).
+        prepared = [client.prepare(model, body, wait_inputs=wait_inputs)[1] for body in bodies]
+        prices = [model.price(stand_ins(b)) for b in prepared]
         total = None if any(p is None for p in prices) else sum(p for p in prices if p is not None)
         if cmd.dry_run:
-            return self._dry_run(model, bodies, total, cmd)
+            return self._dry_run(model, prepared, total, cmd)
         if cmd.max_credits is not None:
             if total is None:
                 raise UsageError(f"The price of {slug} is not known, so --max-credits {cmd.max_credits} cannot be checked.")
@@ -210,8 +214,8 @@ class VydraMagics(Magics):
         if total is not None and not cmd.yes:
             self._confirm(total, len(bodies))
         if cmd.is_sweep:
-            return self._sweep(cmd, model, bodies)
-        job = client.generate(model, bodies[0])
+            return self._sweep(cmd, model, bodies, wait_inputs)
+        job = client.generate(model, prepared[0], wait_inputs=wait_inputs)
         if cmd.output_var:
             self.user_ns[cmd.output_var] = job
         if cmd.wait or self.default_wait:
@@ -232,11 +236,29 @@ class VydraMagics(Magics):
         """Show each request and the cost (one mimebundle: the body holds a prompt and a server's slug)."""
         import json
 
+        from vydra_nb.api.inputs import LocalFile
+
         label = " · SANDBOX" if self.client.is_sandbox else ""
         lines = []
+        files: dict[str, tuple[LocalFile, str | None]] = {}
+
+        def shown_value(value: Any) -> Any:
+            if isinstance(value, list):
+                return [shown_value(v) for v in value]
+            if isinstance(value, LocalFile):
+                known = self.client.known_upload(value.sha256)
+                files[value.sha256] = (value, known.url if known is not None else None)
+                return known.url if known is not None else f"<upload of {value.describe()}>"
+            return value
+
         for body in bodies:
             lines.append(f"POST {self.client.base_url}/models/{model.slug}{label}")
-            lines.append(json.dumps(body, indent=2, ensure_ascii=False))
+            lines.append(json.dumps({k: shown_value(v) for k, v in body.items()}, indent=2, ensure_ascii=False))
+        for file, url in files.values():
+            if url is None:
+                lines.append(f"Upload first (free, once): {file.shown} -> POST {self.client.base_url}/upload")
+            else:
+                lines.append(f"Uploaded before (the same content): {file.shown} is at {url}; no upload.")
         unit = f"per {model.pricing_unit}" if model.pricing_unit else "each"
         shown = total if total is not None else "?"
         if len(bodies) > 1:
@@ -275,13 +297,13 @@ class VydraMagics(Magics):
         if answer.strip().lower() not in ("y", "yes"):
             raise UsageError("Not submitted.")
 
-    def _sweep(self, cmd: Any, model: Model, bodies: list[dict[str, Any]]) -> Any:
+    def _sweep(self, cmd: Any, model: Model, bodies: list[dict[str, Any]], wait_inputs: bool | float = False) -> Any:
         from vydra_nb.analysis.sweeps import sweep
 
         grid = {**{k: [v] for k, v in cmd.params.items()}, **cmd.grid}
         # Cost was shown and confirmed above; the sweep prints it again with its grid of views.
         result = sweep(model, cmd.prompts or None, parameters=grid, client=self.client,
-                       confirm_above=None, max_credits=cmd.max_credits)
+                       confirm_above=None, max_credits=cmd.max_credits, wait_inputs=wait_inputs)
         if cmd.output_var:
             self.user_ns[cmd.output_var] = result
         if cmd.wait or self.default_wait:

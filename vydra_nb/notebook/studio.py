@@ -1,7 +1,9 @@
 """``studio()``: a form per model, generated from its ``inputSchema``, and a gallery of results.
 
-For exploratory prompt iteration: change a word, submit, compare side by side, reload any earlier
-variant's settings. Everything is derived from ``GET /models``: a model the server adds tomorrow
+For exploratory prompt iteration: change a word, submit, compare side by side (a gallery, or a
+grid labelled by what differs), reload any earlier variant's settings, and chain: a URL field
+has a file picker (the image is checked and uploaded once), and "use as input" on a finished
+result puts its URL into the next model's field. Everything is derived from ``GET /models``: a model the server adds tomorrow
 gets its form with no code change. Validation is the model's own (``Model.validate``), so the
 reason shown beside the disabled Submit button is exactly what the client would raise.
 """
@@ -18,6 +20,7 @@ from vydra_nb.views import display as D
 from vydra_nb.api.client import APIClient
 from vydra_nb.api.settings import USD_PER_CREDIT
 from vydra_nb.api.errors import ValidationError, VydraError
+from vydra_nb.api.inputs import field_kind, uri_fields
 from vydra_nb.api.jobs import Job
 from vydra_nb.api.models import Model, Parameter
 from vydra_nb.session import current as current_session
@@ -67,13 +70,22 @@ class Studio(W.VBox):
         self.gallery = W.GridBox(layout=W.Layout(grid_template_columns="repeat(auto-fill, minmax(360px, 1fr))",
                                                  grid_gap="8px"))
         self.gallery.add_class("vydra-gallery")
+        # The same results as a labelled comparison: rows and columns named by what differs.
+        self.comparison = W.HTML()
+        self.comparison.add_class("vydra-studio-grid")
+        self.layout_picker = W.ToggleButtons(options=["gallery", "grid"], value="gallery",
+                                             tooltips=["newest first", "labelled by what differs"])
+        self.layout_picker.observe(lambda _c: self._show_layout(), names="value")
+        self.results = W.VBox([self.gallery])
+        self.pickers: dict[str, W.FileUpload] = {}
+        self.note = W.HTML()
         self.submit.on_click(self._on_submit_click)
         self.model_picker.observe(self._on_model, names="value")
         badge = '<span class="vydra-badge vydra-sandbox">SANDBOX</span>' if self.client.is_sandbox else ""
         super().__init__(children=[
             W.HTML(D.STYLE + f"<b>Vydra studio</b> {badge}"), self.model_picker, self.description, self.form,
             W.HBox([self.submit, self.price, self.credits], layout=W.Layout(align_items="center")),
-            self.reason, self.gallery,
+            self.reason, self.note, self.layout_picker, self.results,
         ])
         self.add_class("vydra-studio")
         self.refresh_credits()
@@ -142,13 +154,27 @@ class Studio(W.VBox):
         self.fields = {}
         self._params_by_field = {}
         self._initial = {}
+        self.pickers = {}
+        url_fields = uri_fields(model)
+        rows: list[W.Widget] = []
         for p in params:
             widget = self._make_field(p, prompt_field)
             self._initial[p.name] = widget.value
             widget.observe(lambda _change: self.update_state(), names="value")
             self.fields[p.name] = widget
             self._params_by_field[p.name] = p
-        self.form.children = list(self.fields.values())
+            if p.name in url_fields:
+                # A file from this computer: checked, uploaded (free, once per content), and its
+                # hosted URL put in the field. A URL or a local path can be typed there too.
+                picker = W.FileUpload(accept="image/png,image/jpeg,image/webp,image/gif", multiple=False,
+                                      description="upload", icon="upload", layout=W.Layout(width="110px"),
+                                      tooltip=f"Upload an image for {p.name} (PNG, JPEG, WebP or GIF, up to 20 MB)")
+                picker.observe(lambda change, name=p.name: self._on_pick(name, change["new"]), names="value")
+                self.pickers[p.name] = picker
+                rows.append(W.HBox([widget, picker], layout=W.Layout(align_items="center")))
+            else:
+                rows.append(widget)
+        self.form.children = rows
         price = model.credits_per_unit
         unit = f" per {model.pricing_unit}" if model.pricing_unit else ""
         self.description.value = (f'<span class="vydra-meta">{D.esc(model.description or "")} · '
@@ -180,14 +206,134 @@ class Studio(W.VBox):
         return out
 
     def validation_error(self) -> str | None:
-        """Why the form cannot be submitted now, or None."""
+        """Why the form cannot be submitted now, or None: the client's own checks, so a local
+        path in a URL field is checked as an upload would be (exists, an image, within 20 MB)."""
         if self.model is None:
             return "No active model to choose."
         try:
-            self.model.validate(self.params())
+            self.client.prepare(self.model, self.params())
         except ValidationError as exc:
             return str(exc)
         return None
+
+    # -- files and chaining -------------------------------------------------------------------
+    def _on_pick(self, name: str, value: Any) -> None:
+        """A file was chosen in ``name``'s picker: upload it in a thread (the click's thread is the kernel's)."""
+        files = list(value or ())
+        if not files:
+            return
+        chosen = files[0]
+        data = bytes(chosen.get("content", b"")) if isinstance(chosen, dict) else bytes(getattr(chosen, "content", b""))
+        filename = str(chosen.get("name", "upload") if isinstance(chosen, dict) else getattr(chosen, "name", "upload"))
+        self.note.value = f'<span class="vydra-meta">uploading {D.esc(filename)}…</span>'
+        threading.Thread(target=self.upload_file, args=(name, data, filename), name="vydra-studio-upload",
+                         daemon=True).start()
+
+    def upload_file(self, name: str, data: bytes, filename: str) -> str | None:
+        """Check and upload ``data`` for the field ``name`` and put its hosted URL in the field
+        (the same content is uploaded once). Returns the URL, or None when refused."""
+        try:
+            up = self.client.upload(data, filename=filename, field=name)
+        except VydraError as exc:
+            self.last_error = f"Not uploaded: {exc}"
+            self.note.value = ""
+            self.update_state()
+            return None
+        finally:
+            picker = self.pickers.get(name)
+            if picker is not None:
+                try:
+                    picker.value = ()
+                except Exception:  # an older ipywidgets keeps the value read-only
+                    pass
+        widget = self.fields.get(name)
+        if widget is not None:
+            self._put_url(name, up.url)
+        again = " (uploaded before: no request)" if up.cached else ""
+        self.note.value = f'<span class="vydra-meta">{D.esc(name)} ← {D.esc(filename)}{D.esc(again)}</span>'
+        self.last_error = None
+        self.update_state()
+        return up.url
+
+    def _put_url(self, name: str, url: str) -> None:
+        widget = self.fields[name]
+        p = self._params_by_field[name]
+        if p.type == "array":
+            lines = [line for line in str(widget.value).splitlines() if line.strip()]
+            widget.value = "\n".join([*lines, url])
+        else:
+            widget.value = url
+
+    def use_as_input(self, job: Job) -> str | None:
+        """Start the next step from a finished result: put its URL in the current model's field
+        that takes its kind of media (``image_url`` for an image), or switch to the first model
+        that has such a field. Returns the field filled, or None (the reason is shown)."""
+        media = job.media
+        if job.status != "completed" or not media:
+            self.last_error = f"Job {job.id} has no finished result to use yet."
+            self.update_state()
+            return None
+        kind = media[0].kind
+
+        def field_for(model: Model) -> str | None:
+            fields = uri_fields(model)
+            exact = [n for n in fields if field_kind(n) == kind]
+            loose = [n for n in fields if field_kind(n) is None]
+            found = exact or loose
+            return found[0] if found else None
+
+        target = field_for(self.model) if self.model is not None else None
+        if target is None:
+            for model in self.models:
+                if model is not self.model and field_for(model) is not None:
+                    self.load_settings(model.slug, {})
+                    target = field_for(model)
+                    break
+        if target is None or self.model is None:
+            self.last_error = f"No model here takes {'an' if kind in ('image', 'audio') else 'a'} {kind or 'file'} as input."
+            self.update_state()
+            return None
+        self._put_url(target, media[0].url)
+        self.note.value = (f'<span class="vydra-meta">{D.esc(self.model.slug)}: {D.esc(target)} ← '
+                           f'{D.esc(job.model or "job")} {D.esc(job.id)}</span>')
+        self.last_error = None
+        self.update_state()
+        return target
+
+    # -- the labelled grid ----------------------------------------------------------------------
+    def entries(self) -> list[Any]:
+        """The studio's results as comparison entries: what was submitted, with the model as a
+        parameter when more than one model was used."""
+        from vydra_nb.views.comparison import Entry
+
+        models = {job.model for _c, job, _p, _cost in self.cards}
+        out = []
+        for _card, job, params, cost in reversed(self.cards):  # oldest first
+            shown = {"model": job.model, **params} if len(models) > 1 and "model" not in params else dict(params)
+            out.append(Entry(params=shown, job=job, estimate=cost))
+        return out
+
+    def grid_html(self) -> str:
+        """The labelled comparison of every result so far (rows: prompts; columns: what else differs)."""
+        from vydra_nb.views.comparison import axes_from_entries, comparison_html
+
+        entries = self.entries()
+        if not entries:
+            return '<span class="vydra-meta">No results yet: submit a few variants to compare them here.</span>'
+        return comparison_html(entries, axes_from_entries(entries))
+
+    def _show_layout(self) -> None:
+        if self.layout_picker.value == "grid":
+            self.comparison.value = self.grid_html()
+            self.results.children = [self.comparison]
+        else:
+            self.results.children = [self.gallery]
+
+    def _refresh_grid(self, _job: Any = None) -> None:
+        if self.layout_picker.value == "grid":
+            value = self.grid_html()
+            if value != self.comparison.value:
+                self.comparison.value = value
 
     def update_state(self) -> None:
         """Recompute the price, the reason and the Submit button's state from the form."""
@@ -248,13 +394,24 @@ class Studio(W.VBox):
         )
         reuse = W.Button(description="use these settings", icon="undo", layout=W.Layout(width="180px"))
         reuse.on_click(lambda _b, m=model.slug, p=dict(params): self.load_settings(m, p))
-        card = W.VBox([view, details, reuse], layout=W.Layout(border="1px solid #ddd", padding="6px"))
+        chain = W.Button(description="use as input", icon="share", layout=W.Layout(width="150px"),
+                         tooltip="Put this result into the next model's input field", disabled=not job.media)
+        chain.on_click(lambda _b, j=job: self.use_as_input(j))
+
+        def ended(j: Job, button: W.Button = chain) -> None:
+            button.disabled = not (j.status == "completed" and j.media)
+            self._refresh_grid(j)
+
+        job.subscribe(ended)
+        card = W.VBox([view, details, W.HBox([reuse, chain])], layout=W.Layout(border="1px solid #ddd", padding="6px"))
         card.add_class("vydra-card")
         card.reuse_button = reuse
+        card.chain_button = chain
         card.view = view
         self.jobs.append(job)
         self.cards.append((card, job, dict(params), cost))
         self.gallery.children = [card, *self.gallery.children]  # newest first
+        self._refresh_grid()
 
     def load_settings(self, slug: str, params: dict[str, Any]) -> None:
         """Put a model and its parameters back into the form ("use these settings")."""
