@@ -153,8 +153,8 @@ def test_a_list_of_jobs_sweeps_and_labels_them(ip: InteractiveShell) -> None:
     sweep = cell(ip, "veo3 --image-url {stills} --wait -o clips", "It runs")
     assert isinstance(sweep, Sweep) and [j.params["image_url"] for j in sweep.jobs] == [a.media_url, b.media_url]
     html = sweep._repr_html_()
-    assert a.id[-8:] in html and b.id[-8:] in html  # the columns are named by the input jobs
-    assert list(sweep.dataframe()["image_url"]) == [f"nano-banana {a.id[-8:]}", f"nano-banana {b.id[-8:]}"]
+    assert f">nano-banana {a.id}<" in html and f">nano-banana {b.id}<" in html  # columns named by the input jobs
+    assert list(sweep.dataframe()["image_url"]) == [f"nano-banana {a.id}", f"nano-banana {b.id}"]
 
 
 def test_a_composition_from_jobs(ip: InteractiveShell) -> None:

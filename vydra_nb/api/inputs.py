@@ -511,7 +511,7 @@ def stand_ins(body: Mapping[str, Any]) -> dict[str, Any]:
 def input_label(value: Any, limit: int = 40) -> str:
     """How a grid or a message names an input: a job by model and id, a file by its name, a URL by its last part."""
     if isinstance(value, Job):
-        return f"{value.model or 'job'} {value.id[-8:]}"
+        return f"{value.model or 'job'} {value.id}"
     if isinstance(value, Media):
         value = value.url
     if isinstance(value, LocalFile):

@@ -27,7 +27,7 @@ VALUE_LABEL_CHARS = 32
 
 GRID_STYLE = (
     "<style>.vydra-compare{border-collapse:collapse;margin:4px 0;font-family:var(--jp-ui-font-family,sans-serif);"
-    "font-size:12px}.vydra-compare th,.vydra-compare td{border:1px solid #ddd;padding:4px;vertical-align:top}"
+    "font-size:12px}.vydra-compare th,.vydra-compare td{border:1px solid #ddd;padding:4px;vertical-align:top;text-align:left}"
     ".vydra-compare th{background:#f6f6f6;font-weight:600;text-align:left}"
     ".vydra-compare th.vydra-axis{color:#666;font-weight:400;font-style:italic}"
     ".vydra-compare td.vydra-total,.vydra-compare th.vydra-total{background:#fafafa;color:#333;white-space:nowrap}"
@@ -261,8 +261,7 @@ def cell_html(entry: Entry) -> str:
         badge = '<span class="vydra-badge vydra-status-pending">not submitted</span>'
         return f'<div class="vydra-cell-head">{badge} {_credits_html(value, estimated)}</div>'
     status = f'<span class="vydra-badge {D.status_class(job.status)}">{D.esc(job.status)}</span>'
-    head = (f'<div class="vydra-cell-head">{status} {_credits_html(value, estimated)} '
-            f'<span class="vydra-meta" title="{D.esc(job.id)}">{D.esc(job.id[-8:])}</span></div>')
+    head = f'<div class="vydra-cell-head" title="{D.esc(job.id)}">{status} {_credits_html(value, estimated)}</div>'
     if job.status == COMPLETED:
         body = f'<div class="vydra-cell-media">{cell_media_html(job)}</div>'
     elif job.status == FAILED:
