@@ -326,3 +326,89 @@ def test_studio_submit_follows_form_validity(lab: Any, page: Any, artifacts: Pat
     assert submit.is_disabled()
     (artifacts / "studio-report.json").write_text(
         json.dumps({"model": veo3, "reason_when_empty": reason}, indent=2), "utf-8")
+
+
+# -- notebook 04: the labelled grid and the posters ------------------------------------------------
+CHAINING = Path(__file__).resolve().parents[2] / "notebooks" / "04_chaining.ipynb"
+
+
+def _spread(png: bytes) -> float:
+    """The standard deviation of a screenshot's grey levels: a drawn frame is far from a flat box."""
+    import io
+
+    from PIL import Image, ImageStat
+
+    with Image.open(io.BytesIO(png)) as img:
+        return float(ImageStat.Stat(img.convert("L")).stddev[0])
+
+
+def _grid_state(cell: Any) -> dict[str, Any]:
+    """What the page shows of a finished sweep's table: its labels, and for each video whether its
+    poster is an embedded JPEG that the browser decoded."""
+    table = cell.locator("table.vydra-compare").first
+    table.wait_for(state="visible", timeout=10_000)
+    return table.evaluate(
+        """async t => {
+             const text = sel => [...t.querySelectorAll(sel)].map(e => e.textContent.trim());
+             const videos = [...t.querySelectorAll('video.vydra-video')];
+             const decoded = await Promise.all(videos.map(v => new Promise(r => {
+               const i = new Image(); i.onload = () => r(i.naturalWidth); i.onerror = () => r(0);
+               i.src = v.getAttribute('poster') || ''; })));
+             return {cols: text('th[scope=col]'), rows: text('th[scope=row]:not(.vydra-total)'), totals: text('td.vydra-total'),
+                     videos: videos.length, embedded: videos.filter(v => (v.getAttribute('poster') || '')
+                       .startsWith('data:image/jpeg;base64,')).length, decoded,
+                     shown: videos.map(v => v.getBoundingClientRect().height)}; }""")
+
+
+@pytest.mark.timeout(300)
+def test_chaining_notebook_shows_the_labelled_grid_and_posters(lab: Any, page: Any, artifacts: Path) -> None:
+    """Notebook 04 as saved (its sandbox long gone): a 4 x 3 labelled grid, a decoded poster on every
+    video. Then run it again: the grid is live (labelled widgets) while the takes render, and ends
+    as the same plain table."""
+    name = CHAINING.name
+    (lab.root / name).write_bytes(CHAINING.read_bytes())
+    report: dict[str, Any] = {}
+    _open(page, lab, name)
+    sweep_cell = _cell(page, 16)
+    sweep_cell.scroll_into_view_if_needed()  # JupyterLab renders the cells near the viewport only
+    sweep_cell.locator(".jp-InputArea-editor", has_text="--each-line").wait_for(state="visible", timeout=20_000)
+
+    saved = _grid_state(sweep_cell)
+    report["saved"] = {k: v for k, v in saved.items() if k != "decoded"}
+    first_video = sweep_cell.locator("table.vydra-compare video.vydra-video").first
+    first_video.scroll_into_view_if_needed()
+    spread = _spread(first_video.screenshot())
+    report["saved_poster_spread"] = spread
+    sweep_cell.screenshot(path=str(artifacts / "09-chaining-saved-grid.png"))
+    assert saved["cols"] == ["16:9", "9:16", "1:1"], saved["cols"]
+    assert len(saved["rows"]) == 4 and saved["rows"][0].startswith("The lighthouse beam sweeps"), saved["rows"]
+    assert "2,100 credits" in saved["totals"], saved["totals"]
+    assert saved["videos"] == saved["embedded"] == 12, saved
+    assert all(w > 0 for w in saved["decoded"]), f"every poster should decode: {saved['decoded']}"
+    assert all(h > 40 for h in saved["shown"]), f"every video should take up room on the page: {saved['shown']}"
+    assert spread > 8, f"the poster should be drawn, not an empty box (grey-level spread {spread:.1f})"
+
+    # Run every cell again: the sandbox starts, the chain runs, the twelve takes render live.
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    live = sweep_cell.locator(".vydra-live-grid")
+    live.wait_for(state="visible", timeout=150_000)
+    labels = live.locator(".vydra-label").all_inner_texts()
+    report["live_labels"] = labels
+    sweep_cell.scroll_into_view_if_needed()
+    sweep_cell.screenshot(path=str(artifacts / "10-chaining-live-grid.png"))
+    assert {"16:9", "9:16", "1:1"} <= {t.strip() for t in labels}, labels
+    assert sum(1 for t in labels if t.strip().startswith(("The lighthouse", "A slow", "Gulls"))) == 4, labels
+    # The cell ends with the plain table, every video with its poster (a download may finish just
+    # after the jobs end: the table is rewritten as each poster arrives).
+    page.wait_for_function(
+        """c => !c.querySelector('.vydra-live-grid') && c.querySelectorAll(
+             'table.vydra-compare video.vydra-video[poster^="data:image/jpeg"]').length === 12""",
+        arg=sweep_cell.element_handle(), timeout=150_000)
+    rerun = _grid_state(sweep_cell)
+    report["rerun"] = {k: v for k, v in rerun.items() if k != "decoded"}
+    sweep_cell.scroll_into_view_if_needed()
+    sweep_cell.screenshot(path=str(artifacts / "11-chaining-grid-after-run.png"))
+    (artifacts / "chaining-report.json").write_text(json.dumps(report, indent=2, default=str), "utf-8")
+    assert rerun["cols"] == saved["cols"] and rerun["rows"] == saved["rows"]
+    assert rerun["videos"] == rerun["embedded"] == 12 and all(w > 0 for w in rerun["decoded"]), rerun

@@ -234,10 +234,8 @@ class Studio(W.VBox):
         (the same content is uploaded once). Returns the URL, or None when refused."""
         try:
             up = self.client.upload(data, filename=filename, field=name)
-        except VydraError as exc:
-            self.last_error = f"Not uploaded: {exc}"
-            self.note.value = ""
-            self.update_state()
+        except VydraError as exc:  # shown beside the picker: the form's own reason may say something else
+            self.note.value = f'<span class="vydra-error">Not uploaded: {D.esc(exc)}</span>'
             return None
         finally:
             picker = self.pickers.get(name)
@@ -282,13 +280,19 @@ class Studio(W.VBox):
             found = exact or loose
             return found[0] if found else None
 
-        target = field_for(self.model) if self.model is not None else None
+        # The next step: the model on screen if it is another model that takes this kind of
+        # media; else the first other model that does, those taking nothing else first (veo3
+        # before Kling, which also needs a video); the job's own model last (an edit).
+        current = self.model
+        target = field_for(current) if current is not None and current.slug != job.model else None
         if target is None:
-            for model in self.models:
-                if model is not self.model and field_for(model) is not None:
-                    self.load_settings(model.slug, {})
-                    target = field_for(model)
-                    break
+            candidates = [m for m in self.models if field_for(m) is not None]
+            candidates.sort(key=lambda m: (m.slug == job.model, len(uri_fields(m)) > 1))
+            if candidates:
+                chosen = candidates[0]
+                if chosen is not current:
+                    self.load_settings(chosen.slug, {})
+                target = field_for(chosen)
         if target is None or self.model is None:
             self.last_error = f"No model here takes {'an' if kind in ('image', 'audio') else 'a'} {kind or 'file'} as input."
             self.update_state()

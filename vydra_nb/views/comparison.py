@@ -29,6 +29,8 @@ GRID_STYLE = (
     "<style>.vydra-compare{border-collapse:collapse;margin:4px 0;font-family:var(--jp-ui-font-family,sans-serif);"
     "font-size:12px}.vydra-compare th,.vydra-compare td{border:1px solid #ddd;padding:4px;vertical-align:top;text-align:left}"
     ".vydra-compare th{background:#f6f6f6;font-weight:600;text-align:left}"
+    # JupyterLab right-aligns output tables with a (0,2,1) selector: ours must outrank it.
+    ".vydra-comparison table.vydra-compare th,.vydra-comparison table.vydra-compare td{text-align:left}"
     ".vydra-compare th.vydra-axis{color:#666;font-weight:400;font-style:italic}"
     ".vydra-compare td.vydra-total,.vydra-compare th.vydra-total{background:#fafafa;color:#333;white-space:nowrap}"
     ".vydra-compare .vydra-cell-media video,.vydra-compare .vydra-cell-media img{max-width:100%;max-height:260px;"

@@ -109,6 +109,12 @@ class LiveGrid(W.VBox):
         with self._lock:
             self.entries[index].job = job
             view = JobView(job, tracker=self.tracker)
+            # A cell is narrow and its row and column already say what the job is: the header
+            # goes, and the progress row wraps with the bar across the whole cell.
+            view.header.layout.display = "none"
+            view.progress_row.layout.flex_flow = "row wrap"
+            view.bar.layout.width = "100%"
+            view.cancel_button.layout.width = "auto"
             self.views[index] = view
             placeholder = list(self.slots[index].children)
             self.slots[index].children = [view]
