@@ -162,7 +162,15 @@ def make_poster(video: Path, *, side: int = POSTER_SIDE, quality: int = POSTER_Q
 
 
 def thumbnail(image: Path, *, side: int = POSTER_SIDE, quality: int = POSTER_QUALITY) -> bytes | None:
-    """A small JPEG of a downloaded image (for grids of many results); None without Pillow."""
+    """A small JPEG of a downloaded image (for grids of many results), made once and kept beside
+    it (``job_x.png`` -> ``job_x.thumb.jpg``); None without Pillow or for an unreadable image."""
+    image = Path(image)
+    target = image.with_name(image.stem + ".thumb.jpg")
+    try:
+        if target.is_file() and target.stat().st_mtime >= image.stat().st_mtime:
+            return target.read_bytes()
+    except OSError:
+        return None
     try:
         from PIL import Image
     except ImportError:
@@ -170,9 +178,14 @@ def thumbnail(image: Path, *, side: int = POSTER_SIDE, quality: int = POSTER_QUA
     try:
         with Image.open(image) as img:
             img.seek(0)
-            return _jpeg(img, side, quality)
+            data = _jpeg(img, side, quality)
     except Exception:  # an image Pillow cannot read: the caller shows it another way
         return None
+    try:
+        _atomic_write(target, data)
+    except OSError:  # a read-only folder: the thumbnail is made again next time
+        pass
+    return data
 
 
 def data_uri(jpeg: bytes) -> str:
