@@ -405,7 +405,7 @@ class Api:
         if model.pricing_unit == "minute":
             seconds = self.outputs.source_duration(params.get("audio_url"))
             minutes = seconds / 60 if seconds else None
-        return price(model, params, audio_minutes=minutes)
+        return self.catalog.charge(model.slug, price(model, params, audio_minutes=minutes))
 
     # -- jobs ------------------------------------------------------------------------------------
     def _job_not_found(self) -> Response:

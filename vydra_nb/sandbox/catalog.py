@@ -12,7 +12,10 @@ client can read the real price from the schema instead of hard-coding it.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -282,9 +285,53 @@ class Catalog:
         models = models if models is not None else build_catalog()
         self.models = [m for m in models if live or not m.live_only]
         self._by_slug = {m.slug: m for m in self.models}
+        self._charges: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def get(self, slug: str) -> Model | None:
         return self._by_slug.get(slug)
+
+    def set_price(self, slug: str, credits: int, *, variant: str | None = None, charge: int | None = None) -> Model:
+        """Change what a model costs from now on: the listed ``creditsPerUnit``, or, with ``variant``
+        (``"text-to-video"`` or ``"model=text-to-video"``), the ``x-vydra-credits`` price of one
+        value of a priced parameter. Jobs already created keep what they were charged.
+
+        ``charge`` makes submissions cost that instead of the listing, whatever it says (a billing
+        discrepancy, which a client should notice); ``charge=None`` charges the listing again.
+        ValueError for an unknown model or variant, or a price that is not a whole number >= 0.
+        """
+        for name, value in (("credits", credits), ("charge", charge)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a whole number of credits >= 0, not {value!r}")
+        with self._lock:
+            model = self._by_slug.get(slug)
+            if model is None:
+                raise ValueError(f"no model {slug!r} in the sandbox's catalog")
+            if variant is None:
+                changed = dataclasses.replace(model, credits_per_unit=credits)
+            else:
+                schema = copy.deepcopy(model.input_schema)
+                name, sep, value = variant.partition("=")
+                for prop_name, prop in schema.get("properties", {}).items():
+                    table = prop.get(CREDITS_KEYWORD)
+                    key = value if sep else name
+                    if table and (not sep or prop_name == name) and key in table:
+                        table[key] = credits
+                        break
+                else:
+                    raise ValueError(f"{slug} has no priced variant {variant!r}")
+                changed = dataclasses.replace(model, input_schema=schema)
+            self.models = [changed if m.slug == slug else m for m in self.models]
+            self._by_slug[slug] = changed
+            if charge is None:
+                self._charges.pop(slug, None)
+            else:
+                self._charges[slug] = charge
+            return changed
+
+    def charge(self, slug: str, listed: int) -> int:
+        """What a submission is charged: the listed price, unless ``set_price(charge=...)`` said otherwise."""
+        return self._charges.get(slug, listed)
 
     def filter(self, provider: str | None = None, is_active: bool | None = None) -> list[Model]:
         return [

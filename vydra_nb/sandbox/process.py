@@ -4,8 +4,8 @@
 Pillow) and holding every job's record grew the user's kernel. :func:`spawn` runs
 ``python -m vydra_nb.sandbox`` instead and returns a :class:`SandboxProcess` with the interface the
 session and the magics use on an in-process :class:`~vydra_nb.sandbox.server.Sandbox`: ``url``,
-``api_key``, ``speed``, ``flavor``, ``root``, ``state()``, ``set_faults()``, ``add_key()``,
-``stop()`` and the context manager. ``state()`` and ``set_faults()`` go over the server's
+``api_key``, ``speed``, ``flavor``, ``root``, ``state()``, ``set_faults()``, ``set_price()``,
+``add_key()``, ``stop()`` and the context manager. ``state()``, ``set_faults()`` and ``set_price()`` go over the server's
 ``/_sandbox`` routes; ``add_key()`` over the control pipe, so no other local process can mint keys.
 
 Lifetime: the child reads a pipe whose write end only the parent holds (``--exit-with-stdin``):
@@ -186,6 +186,12 @@ class SandboxProcess:
         if text:
             FaultSpec.parse(text)  # the same ValueError as in process, before any request
         self._request("POST", "/_sandbox/faults", {"faults": text or None})
+
+    def set_price(self, slug: str, credits: int, *, variant: str | None = None, charge: int | None = None) -> dict[str, Any]:
+        """Change a model's price from now on (``POST /_sandbox/price``), as the in-process
+        sandbox's ``set_price``; returns its new listing, ValueError for an unknown model or variant."""
+        return self._request("POST", "/_sandbox/price", {"slug": slug, "credits": credits, "variant": variant,
+                                                         "charge": charge})
 
     def add_key(self, key: str | None = None, timeout: float = 10.0) -> str:
         """Accept one more API key for the same organization (sent over the control pipe)."""

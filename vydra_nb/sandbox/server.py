@@ -5,8 +5,8 @@ Stdlib only: a ``ThreadingHTTPServer`` bound to 127.0.0.1, speaking HTTP/1.1 wit
 would against the real service. This layer routes ``/api/v1`` to :mod:`.api`, applies injected
 faults around it (never to ``/health``, ``/media`` or ``/_sandbox``), serves media with byte
 ranges (browsers seek video), and exposes ``/_sandbox/state``, ``/_sandbox/faults`` and
-``/_sandbox/jobs/{id}`` (a job's clock at one instant) for tests that drive a sandbox running in
-another process.
+``/_sandbox/jobs/{id}`` (a job's clock at one instant) and ``POST /_sandbox/price`` (a price change)
+for tests that drive a sandbox running in another process.
 
 Request bodies are read whole up to :data:`MAX_BODY` bytes (uploads are up to 20 MB); a larger
 body is read and discarded, and the API answers 413.
@@ -321,6 +321,14 @@ class Sandbox:
             self.api.keys.add(key)
         return key
 
+    def set_price(self, slug: str, credits: int, *, variant: str | None = None, charge: int | None = None) -> dict[str, Any]:
+        """Change a model's price from now on, as the real service may at any time: ``GET /models``
+        lists ``credits`` and new submissions are charged it (``variant``: one value of a priced
+        parameter, e.g. ``"text-to-video"``). ``charge`` charges that instead of the listing (a job
+        charged differently from the catalog). Returns the model's new listing; ValueError for an
+        unknown model or variant."""
+        return self.api.catalog.set_price(slug, credits, variant=variant, charge=charge).to_json()
+
     def job_timeline(self, job_id: str) -> dict[str, Any] | None:
         """A job's clock at one instant: status, progress, elapsed and total real seconds, the
         running fraction, its base duration and spread factor (None if there is no such job)."""
@@ -334,6 +342,16 @@ class Sandbox:
         if path.startswith("/_sandbox/jobs/") and method == "GET":
             timeline = self.job_timeline(path[len("/_sandbox/jobs/"):])
             return Response(404, {"error": "Job not found"}) if timeline is None else Response(200, timeline)
+        if path == "/_sandbox/price" and method == "POST":
+            try:
+                data = json.loads(body or b"{}")
+                if not isinstance(data, dict):
+                    raise ValueError("the body must be an object: {slug, credits, variant, charge}")
+                listing = self.set_price(str(data.get("slug")), data.get("credits"), variant=data.get("variant"),
+                                         charge=data.get("charge"))
+            except ValueError as exc:
+                return Response(400, {"error": str(exc)})
+            return Response(200, listing)
         if path == "/_sandbox/faults" and method == "POST":
             try:
                 data = json.loads(body or b"{}")
