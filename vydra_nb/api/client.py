@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from datetime import datetime, timezone
 import logging
 import os
 import threading
@@ -21,10 +20,19 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vydra_nb.api.errors import CreditWarning, NotFoundError, ResponseError, ValidationError, VydraError
+from vydra_nb.api.errors import (
+    ConfigurationError,
+    CreditWarning,
+    InsufficientCreditsError,
+    NotFoundError,
+    ResponseError,
+    ValidationError,
+    VydraError,
+)
 from vydra_nb.api.inputs import (
     UPLOAD_MAX_AGE,
     LocalFile,
@@ -42,6 +50,7 @@ from vydra_nb.api.inputs import (
 from vydra_nb.api.jobs import Job, JobRegistry
 from vydra_nb.api.media import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_DOWNLOAD, Downloader, Media, is_safe_url
 from vydra_nb.api.models import CancelResult, Model, Organization, as_int, as_str
+from vydra_nb.api.money import Rate, as_rate, rate_for
 from vydra_nb.api.polling import DurationPrior, PollPolicy
 from vydra_nb.api.ratelimit import GENERATE, LIST, STATUS, UPLOAD, Limit, RateLimiter
 from vydra_nb.api.settings import download_home, host_key, is_sandbox_url, resolve_api_key
@@ -73,6 +82,7 @@ class APIClient:
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD,
         download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
         registry: JobRegistry | None = None,
+        usd_per_credit: Any = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -100,6 +110,13 @@ class APIClient:
         self._job_listeners: list[Callable[[Job], None]] = []
         self.registry = registry if registry is not None else JobRegistry()
         self.credits_remaining: int | None = None
+        self.plan: str | None = None  # from the last GET /organization answer: it sets the dollar rate
+        self.usd_per_credit = usd_per_credit
+        if self.usd_per_credit is not None:
+            try:
+                as_rate(self.usd_per_credit)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
         self._warned_low = False
         self._uploads: dict[str, tuple[Upload, float]] = {}
         self._uploads_lock = threading.Lock()
@@ -364,6 +381,7 @@ class APIClient:
         idempotency_key: str | None = None,
         validate: bool = True,
         wait_inputs: bool | float = False,
+        tag: str | None = None,
         **kwargs: Any,
     ) -> Job:
         """Submit a generation (``POST /models/{slug}``) and return its ``Job`` at once.
@@ -378,8 +396,15 @@ class APIClient:
         image file (``str`` or ``Path``): checked before anything is sent, then uploaded once
         (``upload``) and its hosted URL sent. An unfinished job is refused with a line that says
         to wait, unless ``wait_inputs`` (True, or seconds) waits for it.
+
+        ``tag`` labels the job for grouping a project's spend (``spend_summary(by="tag")``, tag
+        budgets); a schema parameter called ``tag`` goes in ``params``. The job also records the
+        catalog's price and pricing unit at submission. Afterwards the client learns the balance
+        (one ``GET /organization`` while the status window has room) and warns once when it
+        crosses ``credit_warning_threshold``, here, in the caller's cell.
         """
         params = {**(params or {}), **kwargs}
+        tag = check_tag(tag)
         if validate:
             m, body = self.prepare(model, params, wait_inputs=wait_inputs)
             slug = m.slug
@@ -392,7 +417,13 @@ class APIClient:
             raise ValidationError(f"{slug!r} is not a model slug.", field="model")
         body = {k: self._materialize(v, k) for k, v in body.items()}  # uploads: after every check
         key = idempotency_key or f"vydra-nb-{uuid.uuid4().hex}"
-        resp = self._transport.send("POST", f"/models/{slug}", category=GENERATE, json=body, idempotency_key=key)
+        try:
+            resp = self._transport.send("POST", f"/models/{slug}", category=GENERATE, json=body, idempotency_key=key)
+        except InsufficientCreditsError as exc:
+            # The 402 says what is left: the balance is known without asking. The error itself
+            # says it is too low, so no warning on top of it.
+            self._note_balance(exc.credits_remaining, warn=False)
+            raise
         data = resp.data if isinstance(resp.data, dict) else None
         if data is None:
             raise ResponseError(
@@ -408,14 +439,85 @@ class APIClient:
                     f"The server accepted the {slug} request but sent no job id; check `%vydra jobs --sync` "
                     "before submitting again."
                 )
+        listed = m if validate else (model if isinstance(model, Model) else self._cached_model(slug))
         job = self.adopt(Job(id=job_id[:200], model=slug, params=dict(body), idempotency_key=key))
+        # The catalog's price now, so that a later price change does not rewrite the past.
+        job.tag = job.tag or tag
+        if listed is not None and job.catalog_credits is None:
+            job.catalog_credits, job.pricing_unit = listed.price(body), listed.pricing_unit
         if "status" not in data:
             data = {**data, "status": "pending"}
         if "createdAt" not in data:
             job.created_at = datetime.now(timezone.utc)
         if not job.apply(data):
             job._notify()  # listeners (the history store) hear of every accepted job
+        balance = as_int(data.get("creditsRemaining"))
+        self._check_catalog_price(job, body)
+        self._check_balance(job, balance)
         return job
+
+    def check_budget(self, credits: int | None, *, tag: str | None = None, what: str = "This") -> None:
+        """Raise ``BudgetExceededError`` if ``credits`` more would cross a budget. This layer has
+        none (it records nothing); ``vydra_nb.Client`` checks its session's budgets."""
+        check_tag(tag)
+
+    def _cached_model(self, slug: str) -> Model | None:
+        """The model from the cached list, if any (never a request)."""
+        with self._models_lock:
+            return next((m for m in self._models or [] if m.slug == slug), None)
+
+    def _has_room(self, category: str) -> bool:
+        """Whether an optional request of ``category`` may go now: its window has more than a
+        fifth free (the tracker keeps that share for polls aimed at a job's end), so an extra
+        check never waits on the limiter nor takes a slot a poll needs."""
+        window = self.limiter.windows.get(category)
+        if window is None:
+            return True
+        return window.headroom() > max(1, int(window.limit.calls * 0.2))
+
+    def _check_catalog_price(self, job: Job, body: Mapping[str, Any]) -> None:
+        """A charge that differs from the cached catalog price may only mean the price changed
+        since the list was fetched: read the list again (once, if the window has room) and, when
+        it now says what was charged, record that as the job's catalog price. What still differs
+        is a charge that differs from the catalog, which ``jobs_df()`` flags (``charged_vs_catalog``)."""
+        charged, listed = job.credits_charged, job.catalog_credits
+        if charged is None or listed is None or charged == listed or not self._has_room(LIST):
+            return
+        if job.pricing_unit in SCALING_UNITS and listed and charged % listed == 0:
+            return  # per-minute pricing: the charge is a whole number of units
+        try:
+            fresh = next((m for m in self.models(refresh=True) if m.slug == job.model), None)
+        except VydraError as exc:
+            log.info("could not re-read the model list after %s's charge: %s", job.id, exc)
+            return
+        if fresh is None:
+            return
+        price = fresh.price(dict(body))
+        if price is not None and price != listed:
+            job.catalog_credits, job.pricing_unit = price, fresh.pricing_unit
+            job._notify()
+
+    def _check_balance(self, job: Job, balance: int | None) -> None:
+        """Learn the balance after a submission and warn if it crossed the threshold.
+
+        From the answer when it says (some servers do), else one ``GET /organization`` when the
+        status window has room; else, when an earlier balance is known, that balance less this
+        job's charge. Never more than one request, never one a poll needs, never an error: the
+        job is accepted and recorded whatever happens here.
+        """
+        if self.credit_warning_threshold is None:
+            return
+        if balance is not None:
+            self._note_balance(balance)
+            return
+        if self._has_room(STATUS):
+            try:
+                self.organization()
+                return
+            except VydraError as exc:
+                log.info("could not read the balance after %s: %s", job.id, exc)
+        if self.credits_remaining is not None and job.credits_charged is not None:
+            self._note_balance(self.credits_remaining - job.net_credits, estimated=True)
 
     # -- jobs -------------------------------------------------------------------------------
     def job_status(self, job_id: str) -> dict[str, Any]:
@@ -484,8 +586,25 @@ class APIClient:
         if not isinstance(resp.data, dict):
             raise ResponseError("The server's /organization answer is not an object.")
         org = Organization.from_api(resp.data)
+        if org.plan:
+            self.plan = org.plan
         self._note_balance(org.credits_remaining)
         return org
+
+    def usd_rate(self, *, fetch: bool = False) -> Rate:
+        """The USD-per-credit rate for dollar figures, and where it comes from: ``usd_per_credit``
+        if set, else the plan's rate (``vydra_nb.api.money``), the plan being the one the last
+        ``GET /organization`` answer named. ``fetch`` asks for it (one request) when no answer
+        has named it yet; otherwise the Creator rate is used and labelled as assumed."""
+        if self.usd_per_credit is None and self.plan is None and fetch and self.has_key:
+            try:
+                self.organization()
+            except VydraError:
+                pass
+        return rate_for(self.plan, self.usd_per_credit, override_source=self._override_source())
+
+    def _override_source(self) -> str:
+        return "set by usd_per_credit"
 
     # -- downloads --------------------------------------------------------------------------
     def download_media(
@@ -501,7 +620,9 @@ class APIClient:
         folder = Path(directory) if directory is not None else self.download_dir
         return self.downloads.fetch(media, folder, job_id, max_bytes=max_bytes, timeout=timeout)
 
-    def _note_balance(self, remaining: int | None) -> None:
+    def _note_balance(self, remaining: int | None, *, warn: bool = True, estimated: bool = False) -> None:
+        """Remember the balance; warn once each time it falls below the threshold (it must rise
+        to the threshold again before the next crossing warns)."""
         if remaining is None:
             return
         self.credits_remaining = remaining
@@ -510,13 +631,44 @@ class APIClient:
             return
         if remaining < threshold and not self._warned_low:
             self._warned_low = True
-            warnings.warn(
-                f"Only {remaining} Vydra credits remain (below {threshold}); top up before long jobs.",
-                CreditWarning,
-                stacklevel=3,
-            )
+            if warn:
+                about = "About " if estimated else "Only "
+                _warn_in_caller(
+                    f"{about}{remaining} Vydra credits remain (below {threshold}); top up before long jobs.",
+                    CreditWarning,
+                )
         elif remaining >= threshold:
             self._warned_low = False
+
+# Pricing units whose charge scales with the input's length: a charge that is a whole number of
+# units is as listed.
+SCALING_UNITS = frozenset({"minute", "second", "minutes", "seconds"})
+TAG_CHARS = 100
+
+
+def check_tag(tag: Any) -> str | None:
+    """A tag as stored: stripped text of at most ``TAG_CHARS`` characters (None for none)."""
+    if tag is None:
+        return None
+    if not isinstance(tag, str) or not tag.strip():
+        raise ValidationError(f"A tag is a short name, like tag='lake-promo', not {tag!r}.", field="tag")
+    if len(tag.strip()) > TAG_CHARS:
+        raise ValidationError(f"A tag is at most {TAG_CHARS} characters long.", field="tag")
+    return tag.strip()
+
+
+def _warn_in_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first frame outside vydra_nb (the user's cell or
+    script), with a registry of its own: Python's default filter shows a warning once per
+    location and text, and a second crossing of the threshold must warn again."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("vydra_nb"):
+        frame = frame.f_back
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__", "vydra_nb"), registry={})
+
 
 def normalize_completed(data: Mapping[str, Any]) -> bool:
     return isinstance(data.get("status"), str) and data["status"].lower() in ("completed", "succeeded", "success")

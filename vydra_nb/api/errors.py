@@ -84,6 +84,26 @@ class InsufficientCreditsError(VydraError):
         self.credits_remaining = credits_remaining
 
 
+class BudgetExceededError(VydraError):
+    """A submission (or a whole sweep) would cross a budget; nothing was sent.
+
+    ``scope`` says which budget ("session", "day", "tag NAME", "client"), ``limit`` its size,
+    ``used`` what is spent or reserved against it, ``left`` what remains, and ``needed`` what the
+    refused submission would have cost (all in credits).
+    """
+
+    def __init__(self, message: str, *, scope: str, limit: int, used: int, needed: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.scope = scope
+        self.limit = limit
+        self.used = used
+        self.needed = needed
+
+    @property
+    def left(self) -> int:
+        return max(0, self.limit - self.used)
+
+
 class NotFoundError(VydraError):
     """404, or an unknown model slug (``suggestions`` holds the closest known slugs)."""
 
@@ -160,6 +180,7 @@ class HistoryWarning(UserWarning):
 __all__ = [
     "APIConnectionError",
     "AuthenticationError",
+    "BudgetExceededError",
     "ConfigurationError",
     "CreditWarning",
     "HistoryWarning",

@@ -444,6 +444,45 @@ class Job:
         """Cancel the job (credits are refunded); returns the ``CancelResult``."""
         return self._require_client().cancel(self.id, job=self)
 
+    # -- verdicts: what the user thinks of the result -------------------------------------------
+    KEPT, REJECTED = "kept", "rejected"
+    NOTE_CHARS = 2000
+
+    def keep(self) -> Job:
+        """Mark the result as usable. Saved in the history at once; ``spend_summary()`` counts it in
+        ``kept``, ``keep_rate`` and ``credits_per_kept``, the cost of a result worth keeping."""
+        return self._judge(self.KEPT)
+
+    def reject(self) -> Job:
+        """Mark the result as thrown away (it still cost its credits: that is the point of counting)."""
+        return self._judge(self.REJECTED)
+
+    def note(self, text: str) -> Job:
+        """Attach a note to the job (replacing any earlier one), kept in the history and shown by
+        ``jobs_df()``: why a take was kept or thrown away, what to try next."""
+        if not isinstance(text, str):
+            raise VydraError(f"A note is text, like job.note('too dark'), not {type(text).__name__}.")
+        self._require_client()
+        with self._lock:
+            self.note_text = text.strip()[: self.NOTE_CHARS]
+        self._notify()
+        return self
+
+    def _judge(self, verdict: str) -> Job:
+        """Only a completed result can be judged: a failed or cancelled job has nothing to keep (and
+        was refunded), and a running one is not a result yet."""
+        self._require_client()
+        if self.status != COMPLETED:
+            verb = "kept" if verdict == self.KEPT else "rejected"
+            raise VydraError(f"Job {self.id} is {self.status}; only a completed result can be {verb}"
+                             + (" (wait for it first: job.wait())." if not self.done else "."))
+        with self._lock:
+            changed = self.verdict != verdict
+            self.verdict = verdict
+        if changed:
+            self._notify()  # the client's listeners (the history) first, then the views
+        return self
+
     def download(
         self,
         directory: str | os.PathLike[str] | None = None,

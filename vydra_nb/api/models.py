@@ -289,6 +289,17 @@ class Model:
                 return [(f"{p.name}={value}", credits) for value, credits in p.prices.items()]
         return [(None, self.credits_per_unit)]
 
+    def price_variant(self, params: dict[str, Any] | None = None) -> str | None:
+        """The priced variant ``params`` choose, labelled as in ``price_variants`` (``"model=text-to-video"``);
+        None for a one-price model. Price history keeps variants apart: Grok's image and video
+        prices are two prices, not a price change."""
+        params = params or {}
+        for p in self.parameters:
+            if p.prices:
+                value = params.get(p.name, p.default)
+                return f"{p.name}={value}" if value is not None else None
+        return None
+
     # -- validation -------------------------------------------------------------------------
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check ``params`` against ``inputSchema`` before anything is sent; return them unchanged.

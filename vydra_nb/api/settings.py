@@ -25,7 +25,10 @@ ENV_DOWNLOADS = "VYDRA_NB_DOWNLOADS"
 DEFAULT_BASE_URL = "https://www.vydra.ai/api/v1"
 _APEX_HOST = "vydra.ai"
 
-USD_PER_CREDIT = 0.003  # Creator plan rate, from the reference's pricing table.
+# The Creator plan's rate (the reference's pricing table is exactly credits x $0.0029, rounded half
+# up; see api/money.py). Kept for old imports: dollar figures come from ``APIClient.usd_rate()``,
+# which knows the plan and the user's override, and are computed in Decimal.
+USD_PER_CREDIT = 0.0029
 
 MISSING_KEY_MESSAGE = (
     "No Vydra API key: pass Client(api_key=...), set the VYDRA_API_KEY environment variable, or run "

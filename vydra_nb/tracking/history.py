@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vydra_nb.api.settings import data_home, host_key, host_matches  # noqa: F401  (re-exported)
 from vydra_nb.api.jobs import TERMINAL, Job
+from vydra_nb.api.settings import data_home, host_key, host_matches  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 4
 
@@ -326,6 +326,29 @@ class History:
     def count(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+
+    def net_credits(
+        self,
+        *,
+        since: float | None = None,
+        tag: str | None = None,
+        backend: str | None = None,
+        exclude_session: str | None = None,
+    ) -> int:
+        """Net credits (charged less refunded) of the jobs created since ``since`` (epoch seconds),
+        with ``tag``, on ``backend``, not recorded by process ``exclude_session``: what a day or tag
+        budget counts of other kernels' spend. One indexed query."""
+        where, args = [], []
+        for clause, value in (("created_at >= ?", since), ("tag = ?", tag), ("backend = ?", backend),
+                              ("session IS NOT ?", exclude_session)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = "SELECT COALESCE(SUM(COALESCE(credits_charged, 0) - COALESCE(credits_refunded, 0)), 0) FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            return int(self._conn.execute(sql, args).fetchone()[0])
 
     # -- uploads: the same content is uploaded once per server --------------------------------
     def upload(self, sha256: str, host: str | None, *, max_age: float | None = None) -> dict[str, Any] | None:
