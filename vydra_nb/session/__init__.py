@@ -30,6 +30,7 @@ from vydra_nb.api.settings import data_home, host_matches
 if TYPE_CHECKING:
     from vydra_nb.api.jobs import Job, JobRegistry
     from vydra_nb.api.transport import Secret
+    from vydra_nb.session.budget import Budgets
     from vydra_nb.session.client import Client
     from vydra_nb.tracking.history import History
     from vydra_nb.tracking.tracker import Tracker
@@ -48,6 +49,8 @@ class Settings:
     auto_download: bool = False
     low_credit_threshold: int | None = 500
     download_dir: Path | None = None
+    usd_per_credit: Any = None
+    """USD per credit for dollar figures (None: the plan's rate, see ``vydra_nb.api.money``)."""
 
 
 class Session:
@@ -64,6 +67,7 @@ class Session:
         self._history: History | None = None
         self._unrecorded: set[str] = set()
         self._stores: weakref.WeakKeyDictionary[Job, History] = weakref.WeakKeyDictionary()
+        self._budgets: Budgets | None = None
 
     def __repr__(self) -> str:
         return f"<vydra_nb Session backend={self.backend_label()}>"
@@ -87,6 +91,22 @@ class Session:
 
                 self._tracker = Tracker(auto_download=lambda: self.settings.auto_download)
             return self._tracker
+
+    @property
+    def budgets(self) -> Budgets:
+        """The session's budgets (``%vydra budget``, ``Client(budget=...)``) and the spend they count:
+        every client of the session checks them before it sends a generation."""
+        with self._lock:
+            if self._budgets is None:
+                from vydra_nb.session.budget import Budgets
+                from vydra_nb.tracking.history import SESSION_ID
+
+                self._budgets = Budgets(self._budget_history, SESSION_ID)
+            return self._budgets
+
+    def _budget_history(self) -> History | None:
+        """Where day and tag budgets read other kernels' spend: the history in ``VYDRA_NB_HOME``."""
+        return self.history()
 
     # -- the backend --------------------------------------------------------------------------
     @property
@@ -241,6 +261,7 @@ class Session:
         with self._lock:
             self._client = None
             self._login_key = None
+            self._budgets = None
             if self._history is not None:
                 self._history.close()
                 self._history = None

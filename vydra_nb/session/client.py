@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vydra_nb.api.client import APIClient
+from vydra_nb.api.client import APIClient, check_tag
+from vydra_nb.api.errors import ConfigurationError, ValidationError
 from vydra_nb.api.inputs import UPLOAD_MAX_AGE, Upload
+from vydra_nb.api.jobs import Job
+from vydra_nb.api.models import Model
 from vydra_nb.api.polling import DurationPrior
 from vydra_nb.api.settings import download_home
 from vydra_nb.session import Session, current
@@ -36,8 +40,13 @@ class Client(APIClient):
     ``%vydra sandbox``, or the key of ``%vydra login``), then ``VYDRA_API_KEY``/``VYDRA_BASE_URL``.
     Every job it submits or meets is written to the history before the call returns:
     ``history=True`` (the session's, in ``VYDRA_NB_HOME``), a ``History`` or a path for another
-    store, or ``history=False`` for none, said explicitly. ``download_dir`` and
-    ``credit_warning_threshold`` follow the session's live settings unless given here.
+    store, or ``history=False`` for none, said explicitly. ``download_dir``,
+    ``credit_warning_threshold`` and ``usd_per_credit`` follow the session's live settings unless
+    given here.
+
+    ``budget=2000`` sets the session's budget (as ``%vydra budget 2000`` does; ``budget_per="day"``
+    or ``"tag:NAME"`` for the others): every client of the session refuses, before sending
+    anything, a submission that would take its net spend past it. See ``vydra_nb.session.budget``.
     """
 
     def __init__(
@@ -49,6 +58,9 @@ class Client(APIClient):
         session: Session | None = None,
         credit_warning_threshold: int | None = UNSET,
         download_dir: str | os.PathLike[str] | None = None,
+        usd_per_credit: Any = UNSET,
+        budget: int | None = None,
+        budget_per: str = "session",
         **options: Any,
     ) -> None:
         self.session = session or current()
@@ -59,8 +71,13 @@ class Client(APIClient):
                 options.setdefault("time_scale", backend["time_scale"])
         super().__init__(
             api_key, base_url, registry=self.session.registry, download_dir=download_dir,
-            credit_warning_threshold=credit_warning_threshold, **options,
+            credit_warning_threshold=credit_warning_threshold, usd_per_credit=usd_per_credit, **options,
         )
+        if budget is not None:
+            try:
+                self.session.budgets.set(budget, per=budget_per)
+            except ValidationError as exc:
+                raise ConfigurationError(str(exc)) from None
         self._own_history: History | None = None
         self._priors: dict[str, tuple[float, DurationPrior | None]] = {}
         self._records = history is not False
@@ -85,6 +102,48 @@ class Client(APIClient):
     @credit_warning_threshold.setter
     def credit_warning_threshold(self, value: int | None) -> None:
         self._threshold: Any = value
+
+    @property
+    def usd_per_credit(self) -> Any:
+        """The dollar rate set for this client, else the session's (``%config VydraMagics.usd_per_credit``);
+        None: the plan's rate (``usd_rate()``)."""
+        if self._usd_per_credit is UNSET:
+            return self.session.settings.usd_per_credit
+        return self._usd_per_credit
+
+    @usd_per_credit.setter
+    def usd_per_credit(self, value: Any) -> None:
+        self._usd_per_credit: Any = value
+
+    def _override_source(self) -> str:
+        if self._usd_per_credit is UNSET:
+            return "set by VydraMagics.usd_per_credit"
+        return "set by Client(usd_per_credit=...)"
+
+    # -- budgets ----------------------------------------------------------------------------
+    def check_budget(self, credits: int | None, *, tag: str | None = None, what: str = "This") -> None:
+        """Raise ``BudgetExceededError`` if ``credits`` more would cross one of the session's budgets
+        (a sweep checks its total this way before sending anything); sends nothing."""
+        self.session.budgets.check(credits, tag=check_tag(tag), backend=self.backend, what=what)
+
+    def generate(self, model: str | Model, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Job:
+        """``APIClient.generate`` under the session's budgets: the price is held against every
+        budget that applies before the request goes, and a submission that would cross one is
+        refused (``BudgetExceededError``) with nothing sent. See ``APIClient.generate``."""
+        tag = check_tag(kwargs.get("tag"))
+        budgets = self.session.budgets
+        price = None
+        if budgets.applicable(tag):
+            m = model if isinstance(model, Model) else self.model(model)
+            names = {p.name for p in m.parameters}
+            price = m.price({**(params or {}), **{k: v for k, v in kwargs.items() if k in names}})
+            what = f"This {m.slug} job"
+        else:
+            what = "This job"
+        with budgets.reserve(price, tag=tag, backend=self.backend, what=what) as reservation:
+            job = super().generate(model, params, **kwargs)
+            reservation.commit(job)
+        return job
 
     PRIOR_TTL = 60.0  # seconds a model's learnt durations are reused before the history is read again
 
