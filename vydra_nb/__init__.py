@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-
-from vydra_nb.api.settings import VERSION as __version__  # noqa: F401  (light: stdlib only)
 from vydra_nb.api.errors import (  # light: the exception family has no dependencies
     APIConnectionError,
     AuthenticationError,
+    BudgetExceededError,
     ConfigurationError,
     CreditWarning,
     DownloadError,
@@ -29,6 +28,7 @@ from vydra_nb.api.errors import (  # light: the exception family has no dependen
     ValidationError,
     VydraError,
 )
+from vydra_nb.api.settings import VERSION as __version__  # noqa: F401  (light: stdlib only)
 
 _LAZY = {
     "Client": ("vydra_nb.session.client", "Client"),
@@ -49,6 +49,7 @@ _LAZY = {
     "spend_summary": ("vydra_nb.analysis.frames", "spend_summary"),
     "plan_costs": ("vydra_nb.analysis.frames", "plan_costs"),
     "spend_chart": ("vydra_nb.analysis.frames", "spend_chart"),
+    "price_history_df": ("vydra_nb.analysis.frames", "price_history_df"),
     "expand_params": ("vydra_nb.analysis.frames", "expand_params"),
     "styled": ("vydra_nb.analysis.frames", "styled"),
     "studio": ("vydra_nb.notebook.studio", "studio"),
@@ -90,12 +91,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "APIConnectionError", "AuthenticationError", "CancelResult", "Client", "ConfigurationError", "Session",
+    "APIConnectionError", "AuthenticationError", "BudgetExceededError", "CancelResult", "Client", "ConfigurationError", "Session",
     "Sweep", "default_client", "session", "unload_ipython_extension",
     "CreditWarning", "DownloadError", "HistoryWarning", "InsufficientCreditsError", "Job", "JobCancelledError",
     "JobFailedError", "JobTimeoutError", "Limit", "Model", "NotFoundError", "Organization",
     "OutcomeUnknownError", "PollPolicy", "RateLimitError", "ResponseError", "ServerError",
     "ValidationError", "VydraError", "sandbox", "History", "Tracker", "models_df", "jobs_df",
-    "spend_summary", "plan_costs", "spend_chart", "expand_params", "styled", "studio", "sweep", "show_job",
+    "spend_summary", "plan_costs", "spend_chart", "price_history_df", "expand_params", "styled", "studio", "sweep", "show_job",
     "load_ipython_extension",
 ]

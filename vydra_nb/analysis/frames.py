@@ -6,7 +6,11 @@ pandas at the top, so it is itself only ever imported lazily (``vydra_nb.models_
 resolve on first use) and ``%load_ext vydra_nb`` stays fast.
 
 Money: credits are integers (nullable ``Int64``, because a job the server never priced has no
-charge); dollars are ``credits * usd_per_credit`` (the Creator plan rate by default, 0.003).
+charge); dollars are ``credits * rate`` computed exactly and rounded half up to the cent, once (a
+total is converted from its credits, never summed from rounded parts). The rate is the account's
+plan's (``vydra_nb.api.money``), or ``usd_per_credit`` given here, or the session's setting
+(``%config VydraMagics.usd_per_credit``); every frame says which in ``df.attrs["usd_rate"]``, and
+``styled(df)`` puts that in the table's caption.
 Times are UTC (``datetime64[..., UTC]``), because the history stores epoch seconds and a notebook
 may be shared across time zones.
 """
@@ -25,14 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vydra_nb.api.settings import USD_PER_CREDIT
+from vydra_nb.api.jobs import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
+from vydra_nb.api.money import Rate, as_rate, rate_for, to_usd
 from vydra_nb.session import current as current_session
 from vydra_nb.tracking.history import History
-from vydra_nb.api.jobs import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
 
 __all__ = [
     "STATUSES", "models_df", "jobs_df", "expand_params", "spend_summary", "plan_costs", "spend_chart",
-    "styled",
+    "price_history_df", "styled", "usd_rate",
 ]
 
 # The five documented statuses, in lifecycle order; statuses seen in the store are appended.
@@ -47,24 +51,34 @@ MODEL_COLUMNS = (
 _JOB_SQL_COLUMNS = (
     "id", "created_at", "model", "status", "progress", "prompt", "params", "credits_charged",
     "credits_refunded", "started_at", "completed_at", "media_url", "local_path", "error_code",
-    "error_message", "backend", "host", "notebook", "session",
+    "error_message", "backend", "host", "notebook", "session", "verdict", "note", "tag", "catalog_credits",
+    "pricing_unit",
 )
 JOB_COLUMNS = (
-    "id", "created_at", "model", "status", "progress", "prompt", "params", "credits_charged",
-    "credits_refunded", "net_credits", "usd", "started_at", "completed_at", "duration_s", "media_url",
-    "local_path", "error_code", "error_message", "backend", "host", "notebook", "session",
+    "id", "created_at", "model", "status", "verdict", "tag", "progress", "prompt", "note", "params",
+    "credits_charged", "credits_refunded", "net_credits", "usd", "catalog_credits", "charged_vs_catalog",
+    "pricing_unit", "started_at", "completed_at", "duration_s", "media_url", "local_path", "error_code",
+    "error_message", "backend", "host", "notebook", "session",
 )
-_STR_COLUMNS = ("id", "model", "prompt", "media_url", "local_path", "error_code", "error_message", "backend", "host", "notebook", "session")
+_STR_COLUMNS = ("id", "model", "prompt", "media_url", "local_path", "error_code", "error_message", "backend", "host",
+                "notebook", "session", "verdict", "note", "tag", "pricing_unit")
 _TIME_COLUMNS = ("created_at", "started_at", "completed_at")
-_INT_COLUMNS = ("progress", "credits_charged", "credits_refunded")
+_INT_COLUMNS = ("progress", "credits_charged", "credits_refunded", "catalog_credits")
+# Pricing units whose charge scales with the input's length (a 3-minute file costs 3 units).
+_SCALING_UNITS = ("minute", "second", "minutes", "seconds")
+KEPT, REJECTED = "kept", "rejected"
 
 SUMMARY_COLUMNS = (
     "jobs", "credits_charged", "credits_refunded", "net_credits", "usd", "failure_rate", "mean_duration_s",
+    "kept", "rejected", "keep_rate", "credits_per_kept", "usd_per_kept",
 )
-_SUMMARY_BY = ("model", "day", "week", "status", "provider")
+_SUMMARY_BY = ("model", "day", "week", "status", "provider", "tag", "prompt")
+# What a group of jobs with no value is called, rather than being dropped from the summary.
+_MISSING_LABEL = {"model": "unknown", "tag": "untagged", "prompt": "(no prompt)"}
 
 PLAN_COLUMNS = (
-    "model", "variant", "count", "credits_each", "credits", "usd", "balance_after", "covered", "short_by",
+    "model", "variant", "count", "keep_rate", "submissions", "credits_each", "credits", "usd", "balance_after",
+    "covered", "short_by",
 )
 TOTAL_LABEL = "TOTAL"
 
@@ -120,11 +134,62 @@ def _history(history: History | str | PathLike[str] | None) -> Iterator[History]
             store.close()
 
 
+# -- dollars ---------------------------------------------------------------------------------------
+def usd_rate(usd_per_credit: Any = None, *, client: Any = None, fetch: bool = False) -> Rate:
+    """The rate a table converts credits with, and where it comes from.
+
+    ``usd_per_credit`` given here wins; else the client's (``client``, or the session's client if
+    one was made: its own setting, the session's ``%config VydraMagics.usd_per_credit``, else its
+    plan's rate); else the session's setting, else the Creator rate, labelled as assumed.
+    ``fetch`` lets the client ask for its plan (one ``GET /organization``) if no answer named it.
+    """
+    if usd_per_credit is not None:
+        return Rate(as_rate(usd_per_credit), "given as usd_per_credit")
+    session = current_session()
+    c = client if client is not None else session.existing_client
+    if c is not None and hasattr(c, "usd_rate"):
+        rate: Rate = c.usd_rate(fetch=fetch)
+        return rate
+    return rate_for(None, session.settings.usd_per_credit, override_source="set by VydraMagics.usd_per_credit")
+
+
+def _frame_rate(frame: pd.DataFrame | None, usd_per_credit: Any, client: Any = None) -> Rate:
+    """The rate for a table made from ``frame`` (a ``jobs_df()`` result): the one given, else the
+    one ``frame`` was made with (so a summary agrees with the jobs it summarises), else the session's."""
+    if usd_per_credit is None and frame is not None and frame.attrs.get("usd_per_credit"):
+        return Rate(as_rate(frame.attrs["usd_per_credit"]), str(frame.attrs.get("usd_rate_source", "")))
+    return usd_rate(usd_per_credit, client=client)
+
+
+def _usd(credits: pd.Series, rate: Rate) -> pd.Series:
+    """Dollars of each credits value, exact and rounded half up to the cent, as float64 (NaN where
+    the credits are missing). Whole-number arithmetic, vectorised: ``Decimal`` per row would cost
+    a second per 100,000 jobs, and floats round 1.575 down."""
+    numerator, denominator = rate.usd_per_credit.as_integer_ratio()
+    values = pd.to_numeric(credits, errors="coerce").astype("Float64")
+    missing = values.isna().to_numpy()
+    whole = values.fillna(0).to_numpy(dtype="float64")
+    if len(whole) and float(np.abs(whole).max()) * numerator * 200 >= 2**62:  # would overflow: exact, slowly
+        cents_list = [None if m else int(to_usd(int(c), rate.usd_per_credit) * 100) for c, m in zip(whole, missing, strict=True)]
+        return pd.Series([np.nan if c is None else c / 100 for c in cents_list], index=credits.index, dtype="float64")
+    ints = whole.astype("int64")
+    scaled = np.abs(ints) * (numerator * 200)  # 2 x cents x denominator
+    cents = (scaled + denominator) // (2 * denominator)  # half up, on the magnitude (away from zero)
+    result = np.sign(ints) * cents / 100.0
+    result[missing] = np.nan
+    return pd.Series(result, index=credits.index, dtype="float64")
+
+
+def _with_rate(df: pd.DataFrame, rate: Rate) -> pd.DataFrame:
+    df.attrs.update(rate.as_attrs())
+    return df
+
+
 # -- models ----------------------------------------------------------------------------------------
 def models_df(
     provider: str | None = None,
     active_only: bool = True,
-    usd_per_credit: float = USD_PER_CREDIT,
+    usd_per_credit: Any = None,
     *,
     client: Any = None,
 ) -> pd.DataFrame:
@@ -137,9 +202,12 @@ def models_df(
 
     ``client`` is anything with ``.models(provider=, active=)`` (default: the session's client);
     the list is cached by the client for an hour, so calling this again costs no request.
-    Sorted by provider, then slug, then price.
+    Sorted by provider, then slug, then price. ``usd_per_unit`` uses the plan's rate (asked for
+    once, with the list, if the client does not know the plan yet) unless ``usd_per_credit`` is
+    given; ``df.attrs["usd_rate"]`` says which.
     """
     c = _client_or_default(client)
+    rate = usd_rate(usd_per_credit, client=c, fetch=True)
     models = c.models(provider=provider, active=True if active_only else None)
     records = []
     for m in models:
@@ -147,16 +215,16 @@ def models_df(
         for variant, credits in variants:
             records.append((
                 m.slug, m.name, m.provider, variant, credits, m.pricing_unit,
-                None if credits is None else credits * usd_per_credit, bool(m.is_active), m.description,
+                None, bool(m.is_active), m.description,
             ))
     df = pd.DataFrame.from_records(records, columns=list(MODEL_COLUMNS))
     for col in ("slug", "name", "provider", "variant", "pricing_unit", "description"):
         df[col] = df[col].astype(TEXT_DTYPE)
     df["credits_per_unit"] = df["credits_per_unit"].astype("Int64")
-    df["usd_per_unit"] = df["usd_per_unit"].astype("float64")
+    df["usd_per_unit"] = _usd(df["credits_per_unit"], rate)
     df["is_active"] = df["is_active"].astype("bool")
     df = df.sort_values(["provider", "slug", "credits_per_unit"], na_position="last", kind="stable")
-    return df.reset_index(drop=True)
+    return _with_rate(df.reset_index(drop=True), rate)
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -222,10 +290,12 @@ def jobs_df(
     status: str | Iterable[str] | None = None,
     *,
     history: History | str | PathLike[str] | None = None,
-    usd_per_credit: float = USD_PER_CREDIT,
+    usd_per_credit: Any = None,
     parse_params: bool = False,
     session: str | None = None,
     backend: str | None = None,
+    tag: str | Iterable[str] | None = None,
+    verdict: str | Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Every recorded job, newest first, with typed columns ready for analysis.
 
@@ -234,6 +304,14 @@ def jobs_df(
     ``credits_charged``, ``credits_refunded``, ``net_credits`` (nullable ``Int64``), ``usd``,
     ``duration_s`` (completed_at - created_at), ``prompt``, ``params``, ``media_url``,
     ``local_path``, ``error_code``, ``error_message``, ``backend``, ``host``, ``notebook``.
+
+    What the user said of each result: ``verdict`` ("kept", "rejected", or missing: not judged;
+    ``job.keep()``/``job.reject()`` or the Keep/Reject buttons), ``note`` and ``tag``. What the
+    catalog said: ``catalog_credits``, the price listed when the job was submitted, and
+    ``pricing_unit``; ``charged_vs_catalog`` is what was charged less that price, so anything but
+    0 flags a job charged differently from the catalog (missing when either is unknown; for
+    per-minute pricing, what is left over a whole number of units). ``usd`` uses the rate in
+    ``df.attrs["usd_rate"]``. ``tag``/``verdict`` filter like ``model``.
 
     ``since``: a datetime/ISO string, or a duration like ``"7D"`` meaning the last 7 days.
     ``model``/``status``: one value or several. ``session="current"`` keeps only the jobs this
@@ -255,6 +333,8 @@ def jobs_df(
         args.append(start)
     _in_clause("model", model, where, args)
     _in_clause("status", status, where, args)
+    _in_clause("tag", tag, where, args)
+    _in_clause("verdict", verdict, where, args)
     backend = _backend_filter(backend)
     if backend is not None:
         where.append("backend = ?")
@@ -275,10 +355,11 @@ def jobs_df(
         finally:
             conn.close()
     raw = pd.DataFrame.from_records(rows, columns=list(_JOB_SQL_COLUMNS), coerce_float=True)
-    return _type_jobs(raw, usd_per_credit=usd_per_credit, parse_params=parse_params)
+    rate = usd_rate(usd_per_credit)
+    return _with_rate(_type_jobs(raw, rate=rate, parse_params=parse_params), rate)
 
 
-def _type_jobs(raw: pd.DataFrame, *, usd_per_credit: float, parse_params: bool) -> pd.DataFrame:
+def _type_jobs(raw: pd.DataFrame, *, rate: Rate, parse_params: bool) -> pd.DataFrame:
     """Give the raw SQL columns their types; works the same on an empty result."""
     out: dict[str, Any] = {}
     for col in _TIME_COLUMNS:
@@ -293,13 +374,28 @@ def _type_jobs(raw: pd.DataFrame, *, usd_per_credit: float, parse_params: bool) 
     net = charged.fillna(0) - refunded.fillna(0)
     net[charged.isna() & refunded.isna()] = pd.NA  # nothing known is not "free"
     out["net_credits"] = net
-    out["usd"] = net.astype("float64") * usd_per_credit
+    out["usd"] = _usd(net, rate)
+    out["charged_vs_catalog"] = _charged_vs_catalog(charged, out["catalog_credits"], out["pricing_unit"])
     out["duration_s"] = (out["completed_at"] - out["created_at"]).dt.total_seconds()
     if parse_params:
         out["params"] = pd.Series([_loads(s) for s in raw["params"]], index=raw.index, dtype=object)
     else:
         out["params"] = raw["params"].astype(TEXT_DTYPE)
     return pd.DataFrame({c: out[c] for c in JOB_COLUMNS}, index=raw.index)
+
+
+def _charged_vs_catalog(charged: pd.Series, listed: pd.Series, unit: pd.Series) -> pd.Series:
+    """Charged less the catalog price at submission (Int64; missing when either is unknown).
+
+    Per-minute (and per-second) prices scale with the input's length, so there the difference is
+    taken from the nearest whole number of units (at least one): a 3-minute transcript charged 3x
+    the listed price is as listed."""
+    diff = charged - listed
+    scaling = unit.isin(_SCALING_UNITS).fillna(False).to_numpy(dtype=bool) & (listed > 0).fillna(False).to_numpy(dtype=bool)
+    if scaling.any():
+        units = (charged[scaling].astype("float64") / listed[scaling].astype("float64")).round().clip(lower=1)
+        diff[scaling] = charged[scaling] - (listed[scaling].astype("float64") * units).round().astype("Int64")
+    return diff.astype("Int64")
 
 
 def _loads(text: Any) -> dict[str, Any]:
@@ -349,6 +445,12 @@ def _group_key(df: pd.DataFrame, by: str, providers: dict[str, str]) -> pd.Serie
         return df["status"].rename("status")
     if by == "provider":
         return df["model"].map(lambda s: providers.get(s, "unknown") if isinstance(s, str) else "unknown").rename("provider")
+    if by not in ("day", "week"):  # tag, prompt, or any other column of the jobs
+        column = df[by]
+        label = _MISSING_LABEL.get(by)
+        if label is not None and not isinstance(column.dtype, pd.CategoricalDtype):
+            column = column.astype(object).where(column.notna(), label)
+        return column.rename(by)
     created = df["created_at"]
     if by == "day":
         return created.dt.floor("D").rename("day")
@@ -363,17 +465,26 @@ def spend_summary(
     since: Any = None,
     models: Mapping[str, str] | Iterable[Any] | None = None,
     client: Any = None,
-    usd_per_credit: float = USD_PER_CREDIT,
+    usd_per_credit: Any = None,
     jobs: pd.DataFrame | None = None,
     backend: str | None = "auto",
 ) -> pd.DataFrame:
-    """Where the credits went, grouped ``by`` model, day, week (from Monday), status or provider.
+    """Where the credits went, and what a result worth keeping cost, grouped ``by`` model, day,
+    week (from Monday), status, provider, tag, prompt, or any other column of ``jobs_df()``.
 
     Columns: ``jobs``, ``credits_charged``, ``credits_refunded``, ``net_credits``, ``usd`` (of the
     net), ``failure_rate`` and ``mean_duration_s``. ``failure_rate`` is failed / (completed +
     failed): a cancellation is the user's choice and says nothing about the model, and a job
     still running has no outcome yet (NaN when none finished). ``mean_duration_s`` is over the
     jobs with a completion time, i.e. the completed ones.
+
+    From the verdicts (``job.keep()``, ``job.reject()``, the Keep/Reject buttons): ``kept``,
+    ``rejected``, ``keep_rate`` = kept / (kept + rejected), and ``credits_per_kept`` (and
+    ``usd_per_kept``) = the net credits of the judged jobs / kept: what one usable result costs
+    once the takes thrown away are paid for. Jobs not judged yet count on neither side (they are
+    neither usable nor thrown away yet), so ``credits_per_kept`` is what ``keep_rate`` predicts:
+    a 175-credit model kept 2 times in 5 costs 175 / 0.4 = 437.5 credits per kept result. Both are
+    NaN while nothing is judged (or nothing kept). Jobs without a tag group as "untagged".
 
     The provider of a model comes from ``models`` (``{"veo3": "kie-ai"}`` or ``Model`` objects),
     else ``client``'s cached model list, else the session's client if one exists; a model none of
@@ -383,16 +494,21 @@ def spend_summary(
 
     ``backend="auto"`` summarises the backend this session uses: the real service's jobs, or, while
     a sandbox is in use, the sandbox's, so fake credits never inflate a real spend report. Pass
-    ``"vydra"``, ``"sandbox"`` or ``None`` (both) to choose.
+    ``"vydra"``, ``"sandbox"`` or ``None`` (both) to choose. Dollars use ``usd_per_credit`` if
+    given, else the rate ``jobs`` was made with, else the session's (``df.attrs["usd_rate"]``).
     """
-    if by not in _SUMMARY_BY:
-        raise ValueError(f"by={by!r}: choose one of {', '.join(_SUMMARY_BY)}.")
     df = jobs if jobs is not None else jobs_df(since=since, history=history, usd_per_credit=usd_per_credit,
                                                backend=backend)
+    if by not in _SUMMARY_BY and by not in df.columns:
+        raise ValueError(f"by={by!r}: choose one of {', '.join(_SUMMARY_BY)}, or a column of jobs_df().")
+    rate = _frame_rate(df, usd_per_credit, client)
     providers = _provider_map(models, client) if by == "provider" else {}
     key = _group_key(df, by, providers)
     finished = df["status"].isin([COMPLETED, FAILED])
     failed = (df["status"] == FAILED).astype("int64")
+    verdicts = df["verdict"] if "verdict" in df.columns else pd.Series(pd.NA, index=df.index, dtype=object)
+    kept = (verdicts == KEPT).fillna(False).astype("int64")
+    judged = verdicts.isin([KEPT, REJECTED]).fillna(False)
     frame = pd.DataFrame({
         "key": key,
         "credits_charged": df["credits_charged"],
@@ -401,6 +517,9 @@ def spend_summary(
         "failed": failed,
         "finished": finished.astype("int64"),
         "duration_s": df["duration_s"],
+        "kept": kept,
+        "judged": judged.astype("int64"),
+        "judged_credits": df["net_credits"].where(judged.to_numpy(), 0).fillna(0).astype("int64"),
     })
     g = frame.groupby("key", observed=True, sort=True, dropna=True)
     out = pd.DataFrame({
@@ -409,16 +528,31 @@ def spend_summary(
         "credits_refunded": g["credits_refunded"].sum().astype("Int64"),
         "net_credits": g["net_credits"].sum().astype("Int64"),
     })
-    out["usd"] = out["net_credits"].astype("float64") * usd_per_credit
+    out["usd"] = _usd(out["net_credits"], rate)
     finished_n = g["finished"].sum()
     out["failure_rate"] = (g["failed"].sum() / finished_n.where(finished_n > 0)).astype("float64")
     out["mean_duration_s"] = g["duration_s"].mean().astype("float64")
+    kept_n, judged_n = g["kept"].sum().astype("int64"), g["judged"].sum().astype("int64")
+    out["kept"] = kept_n
+    out["rejected"] = (judged_n - kept_n).astype("int64")
+    out["keep_rate"] = (kept_n / judged_n.where(judged_n > 0)).astype("float64")
+    per_kept = (g["judged_credits"].sum() / kept_n.where(kept_n > 0)).astype("float64")
+    out["credits_per_kept"] = per_kept
+    out["usd_per_kept"] = _usd_of_float(per_kept, rate)
     out.index.name = by
     if by in ("model", "provider"):
         out = out.sort_values(["net_credits", "jobs"], ascending=False, kind="stable")
     if by == "status" and len(out):
         out.index = pd.CategoricalIndex(out.index, categories=df["status"].cat.categories, name="status")
-    return out[list(SUMMARY_COLUMNS)]
+    return _with_rate(out[list(SUMMARY_COLUMNS)], rate)
+
+
+def _usd_of_float(credits: pd.Series, rate: Rate) -> pd.Series:
+    """Dollars of a fractional number of credits (a cost per kept result), exact, half up to the cent."""
+    from decimal import Decimal
+
+    return pd.Series([np.nan if pd.isna(c) else float(rate.usd(Decimal(repr(float(c)))) or 0) for c in credits],
+                     index=credits.index, dtype="float64")
 
 
 # -- what-if ---------------------------------------------------------------------------------------
@@ -482,7 +616,10 @@ def plan_costs(
     client: Any = None,
     balance: int | None = None,
     check_balance: bool = True,
-    usd_per_credit: float = USD_PER_CREDIT,
+    usd_per_credit: Any = None,
+    keep_rate: float | Mapping[str, float] | str | None = None,
+    history: History | str | PathLike[str] | None = None,
+    backend: str | None = "auto",
 ) -> pd.DataFrame:
     """What a batch would cost, line by line and in total, against the remaining balance.
 
@@ -496,16 +633,28 @@ def plan_costs(
     - a DataFrame with ``model`` and ``count`` columns (and optionally ``params`` dicts).
 
     ``count`` is in the model's pricing unit (submissions, or minutes for per-minute models).
+
+    With ``keep_rate``, ``count`` is the number of *usable* results wanted, and each line pays for
+    the takes that will be thrown away too: ``submissions`` = count / keep rate, rounded up.
+    ``keep_rate`` is a share (0.4: two in five kept), a dict of them by model, or ``"history"``:
+    each model's keep rate from your verdicts (``spend_summary(by="model")``, on ``backend``, in
+    ``history``). So ``plan_costs({"veo3": 100}, keep_rate="history")`` answers "what do 100
+    usable Veo clips cost at the rate I keep them?". Without it, ``keep_rate`` is missing and
+    ``submissions`` is ``count``.
+
     Returns one row per line plus a ``TOTAL`` row: ``credits_each``, ``credits``, ``usd``,
     ``balance_after`` (the balance once this line and those above it are paid), ``covered`` and
     ``short_by`` (credits missing, 0 when covered). The balance is ``balance`` if given, else
     ``client.organization().credits_remaining`` (one request) unless ``check_balance=False``.
-    The totals are also in ``df.attrs`` (``total_credits``, ``total_usd``, ``balance``, ``short_by``).
+    The totals are also in ``df.attrs`` (``total_credits``, ``total_usd``, ``balance``, ``short_by``),
+    with the dollar rate (``usd_rate``).
     """
     c = _client_or_default(client)
     records = []
     unknown_price = []
-    for slug, variant, params, count in _plan_items(counts):
+    items = _plan_items(counts)
+    rates = _keep_rates(keep_rate, sorted({slug for slug, _, _, _ in items}), history=history, backend=backend)
+    for slug, variant, params, count in items:
         model = c.model(slug)
         label = None
         if variant is not None:
@@ -517,12 +666,16 @@ def plan_costs(
         each = model.price(params)
         if each is None:
             unknown_price.append(slug)
+        share = rates.get(slug)
+        submissions = count if share is None else _takes_needed(count, share)
         records.append({
             "model": slug,
             "variant": label,
             "count": count,
+            "keep_rate": share,
+            "submissions": submissions,
             "credits_each": each,
-            "credits": None if each is None else each * count,
+            "credits": None if each is None else each * submissions,
         })
     if unknown_price:
         warnings.warn(
@@ -530,18 +683,22 @@ def plan_costs(
         )
     if balance is None and check_balance:
         balance = c.organization().credits_remaining
-    df = pd.DataFrame.from_records(records, columns=["model", "variant", "count", "credits_each", "credits"])
+    rate = usd_rate(usd_per_credit, client=c)  # after the balance: that answer names the plan
+    columns = ["model", "variant", "count", "keep_rate", "submissions", "credits_each", "credits"]
+    df = pd.DataFrame.from_records(records, columns=columns)
     total_credits = int(pd.to_numeric(df["credits"]).fillna(0).sum()) if len(df) else 0
     total = {
         "model": TOTAL_LABEL, "variant": None, "count": int(df["count"].sum()) if len(df) else 0,
+        "keep_rate": None, "submissions": int(df["submissions"].sum()) if len(df) else 0,
         "credits_each": None, "credits": total_credits,
     }
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True) if len(df) else pd.DataFrame([total])
-    for col in ("count", "credits_each", "credits"):
+    for col in ("count", "submissions", "credits_each", "credits"):
         df[col] = pd.to_numeric(df[col]).astype("Int64")
+    df["keep_rate"] = pd.to_numeric(df["keep_rate"]).astype("Float64")
     for col in ("model", "variant"):
         df[col] = df[col].astype(TEXT_DTYPE)
-    df["usd"] = df["credits"].astype("float64") * usd_per_credit
+    df["usd"] = _usd(df["credits"], rate)
     lines = df["credits"].iloc[:-1].fillna(0).cumsum()
     spent = pd.concat([lines, pd.Series([total_credits], dtype="Int64")], ignore_index=True)
     if balance is None:
@@ -556,11 +713,136 @@ def plan_costs(
     df = df[list(PLAN_COLUMNS)]
     df.attrs.update({
         "total_credits": total_credits,
-        "total_usd": total_credits * usd_per_credit,
+        "total_usd": float(rate.usd(total_credits) or 0),
         "balance": None if balance is None else int(balance),
         "short_by": None if balance is None else max(0, total_credits - int(balance)),
     })
-    return df
+    return _with_rate(df, rate)
+
+
+def _takes_needed(usable: int, keep_rate: float) -> int:
+    """Submissions for ``usable`` kept results at ``keep_rate``: rounded up, exactly (0.4 is 2/5,
+    not 0.400000000000000022, so 100 usable results need 250 takes, not 251)."""
+    import math
+    from fractions import Fraction
+
+    return math.ceil(Fraction(usable) / Fraction(keep_rate).limit_denominator(1_000_000))
+
+
+def _keep_rates(keep_rate: float | Mapping[str, float] | str | None, slugs: list[str], *,
+                history: History | str | PathLike[str] | None, backend: str | None) -> dict[str, float]:
+    """The keep rate of each model of a plan: given, given per model, or from the history."""
+    if keep_rate is None:
+        return {}
+    if isinstance(keep_rate, str):
+        if keep_rate != "history":
+            raise ValueError(f"keep_rate={keep_rate!r}: give a share like 0.4, a dict by model, or 'history'.")
+        summary = spend_summary("model", history=history, backend=backend)
+        found: dict[str, float] = {}
+        for slug in slugs:
+            share = summary["keep_rate"].get(slug) if slug in summary.index else None
+            if share is None or pd.isna(share):
+                raise ValueError(f"No kept or rejected {slug} results in the history to take a keep rate from; "
+                                 "judge some (job.keep(), job.reject()) or give keep_rate=0.5.")
+            if share == 0:
+                raise ValueError(f"No {slug} result was ever kept, so no number of takes is enough; "
+                                 "give keep_rate=... to plan anyway.")
+            found[slug] = float(share)
+        return found
+    rates = dict(keep_rate) if isinstance(keep_rate, Mapping) else {slug: keep_rate for slug in slugs}
+    for slug in slugs:
+        if slug not in rates:
+            raise ValueError(f"keep_rate has no rate for {slug}; give one for every model of the plan.")
+    for slug, share in rates.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float, np.number)) or not 0 < share <= 1:
+            raise ValueError(f"keep_rate for {slug} must be a share above 0 and at most 1, like 0.4, not {share!r}.")
+    return {slug: float(share) for slug, share in rates.items()}
+
+
+# -- price history ---------------------------------------------------------------------------------
+PRICE_HISTORY_COLUMNS = (
+    "model", "variant", "credits", "pricing_unit", "previous_credits", "change", "first_seen", "last_seen", "jobs",
+)
+
+
+def price_history_df(
+    model: str | Iterable[str] | None = None,
+    *,
+    history: History | str | PathLike[str] | None = None,
+    since: Any = None,
+    backend: str | None = "auto",
+    client: Any = None,
+    jobs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Catalog prices seen over time: one row per model (and priced variant) and price, oldest first.
+
+    Every job records the catalog's price and pricing unit when it was submitted, so a later price
+    change does not rewrite the past and this table can show each change: ``credits`` (the listed
+    price), ``previous_credits`` and ``change`` (missing for a model's first price), ``first_seen``
+    and ``last_seen`` (the first and last submission at that price, UTC) and ``jobs`` (how many).
+    A price that went back to an earlier value is a new row. Variants (Grok's image and video
+    modes) are told apart with the model list of ``client`` (default: the session's client, if one
+    was made; no request otherwise), else they show as one. ``backend`` as in ``spend_summary``.
+    """
+    df = jobs if jobs is not None else jobs_df(since=since, model=model, history=history, backend=backend,
+                                               parse_params=True)
+    # Oldest first; jobs created in the same instant in the order they were recorded.
+    known = df[df["catalog_credits"].notna()].iloc[::-1].sort_values("created_at", kind="stable")
+    catalog = _model_map(client)
+    variants = [
+        _variant_label(catalog.get(str(slug)), params)
+        for slug, params in zip(known["model"], known["params"], strict=True)
+    ]
+    frame = pd.DataFrame({
+        "model": known["model"].astype(object).where(known["model"].notna(), "unknown"),
+        "variant": pd.Series(variants, index=known.index, dtype=object),
+        "credits": known["catalog_credits"].astype("Int64"),
+        "pricing_unit": known["pricing_unit"],
+        "created_at": known["created_at"],
+    })
+    rows: list[dict[str, Any]] = []
+    for (slug, variant), group in frame.groupby(["model", frame["variant"].fillna("")], sort=True):
+        previous = None
+        run: dict[str, Any] | None = None
+        for credits, unit, when in zip(group["credits"], group["pricing_unit"], group["created_at"], strict=True):
+            price = int(credits)
+            if run is not None and price == run["credits"]:
+                run["last_seen"], run["jobs"] = when, run["jobs"] + 1
+                continue
+            if run is not None:
+                previous = run["credits"]
+                rows.append(run)
+            run = {"model": slug, "variant": variant or None, "credits": price, "pricing_unit": unit,
+                   "previous_credits": previous, "change": None if previous is None else price - previous,
+                   "first_seen": when, "last_seen": when, "jobs": 1}
+        if run is not None:
+            rows.append(run)
+    out = pd.DataFrame(rows, columns=list(PRICE_HISTORY_COLUMNS))
+    for col in ("credits", "previous_credits", "change", "jobs"):
+        out[col] = pd.to_numeric(out[col]).astype("Int64")
+    for col in ("model", "variant", "pricing_unit"):
+        out[col] = out[col].astype(TEXT_DTYPE)
+    for col in ("first_seen", "last_seen"):
+        out[col] = pd.to_datetime(out[col], utc=True)
+    return out.reset_index(drop=True)
+
+
+def _model_map(client: Any) -> dict[str, Any]:
+    """slug -> Model from ``client``'s list, or the session's client's if one was made; {} offline."""
+    c = client if client is not None else current_session().existing_client
+    if c is None:
+        return {}
+    try:
+        return {m.slug: m for m in c.models()}
+    except Exception:  # noqa: BLE001 - offline, no key: variants are not told apart, nothing else breaks
+        return {}
+
+
+def _variant_label(model: Any, params: Any) -> str | None:
+    if model is None or not hasattr(model, "price_variant"):
+        return None
+    label: str | None = model.price_variant(params if isinstance(params, dict) else {})
+    return label
 
 
 # -- chart -----------------------------------------------------------------------------------------
@@ -582,7 +864,7 @@ def spend_chart(
     ax: Any = None,
     models: Mapping[str, str] | Iterable[Any] | None = None,
     client: Any = None,
-    usd_per_credit: float = USD_PER_CREDIT,
+    usd_per_credit: Any = None,
     top: int = 8,
     jobs: pd.DataFrame | None = None,
     backend: str | None = "auto",
@@ -602,6 +884,7 @@ def spend_chart(
         _, ax = plt.subplots(figsize=(8, 4))
     df = jobs if jobs is not None else jobs_df(since=since, history=history, usd_per_credit=usd_per_credit,
                                                backend=backend)
+    rate = _frame_rate(df, usd_per_credit, client)
     ax.set_ylabel("USD (net of refunds)" if by in ("day", "week") else "")
     if df.empty:
         ax.text(0.5, 0.5, "No jobs recorded yet", ha="center", va="center", transform=ax.transAxes)
@@ -633,6 +916,8 @@ def spend_chart(
         ax.barh([str(i) for i in usd.index], usd.to_numpy(dtype=float))
         ax.set_xlabel("USD (net of refunds)")
         ax.set_title(f"Spend by {by}")
+    ax.annotate(rate.label, xy=(1.0, -0.01), xycoords="axes fraction", ha="right", va="top", fontsize="x-small",
+                color="#666")
     return ax
 
 
@@ -656,7 +941,8 @@ def styled(df: pd.DataFrame) -> Any:
     ``$0.00``, rates as percentages, times as ``YYYY-MM-DD HH:MM`` and long text cut short.
 
     The functions above return plain DataFrames so they stay usable for analysis; wrap the result
-    in ``styled()`` only for display (a Styler cannot be computed with).
+    in ``styled()`` only for display (a Styler cannot be computed with). A frame that carries its
+    dollar rate (``df.attrs["usd_rate"]``) says it in the caption.
     """
     formats: dict[str, Any] = {}
     for col in df.columns:
@@ -670,9 +956,14 @@ def styled(df: pd.DataFrame) -> Any:
             formats[col] = "{:.0%}"
         elif name.endswith("_s"):
             formats[col] = "{:,.1f}"
-        elif "credits" in name or name in ("jobs", "count", "progress", "balance_after", "short_by"):
+        elif name in ("charged_vs_catalog", "change"):
+            formats[col] = "{:+,.0f}"
+        elif name == "credits_per_kept":
+            formats[col] = "{:,.1f}"
+        elif "credits" in name or name in ("jobs", "count", "progress", "balance_after", "short_by", "kept",
+                                           "rejected", "submissions"):
             formats[col] = "{:,.0f}"
-        elif name in ("prompt", "description", "error_message", "params"):
+        elif name in ("prompt", "description", "error_message", "params", "note"):
             formats[col] = _fmt_text(60)
     # Server text (names, descriptions, prompts) is never markup: escape every cell and label, the
     # columns without a format of their own included.
@@ -683,4 +974,8 @@ def styled(df: pd.DataFrame) -> Any:
     if "model" in df.columns and TOTAL_LABEL in set(df["model"].astype("str")):
         total_rows = df.index[df["model"].astype("str") == TOTAL_LABEL]
         styler = styler.set_properties(subset=pd.IndexSlice[total_rows, :], **{"font-weight": "bold"})
+    if df.attrs.get("usd_rate") and any(str(c).startswith("usd") for c in df.columns):
+        import html
+
+        styler = styler.set_caption(html.escape(str(df.attrs["usd_rate"])))
     return styler

@@ -24,7 +24,7 @@ from vydra_nb.api.client import APIClient
 from vydra_nb.api.errors import JobTimeoutError, ValidationError, VydraError
 from vydra_nb.api.jobs import Job
 from vydra_nb.api.models import Model
-from vydra_nb.api.settings import USD_PER_CREDIT
+from vydra_nb.api.money import Rate, rate_for
 from vydra_nb.session import current as current_session
 from vydra_nb.tracking.tracker import Tracker
 
@@ -52,11 +52,17 @@ class Sweep:
     _shown_html: str | None = field(default=None, repr=False)  # the plain grid, once the views ended
     _thread: threading.Thread | None = field(default=None, repr=False)
     error_note: Any = field(default=None, repr=False)  # the live grid's line saying why submission stopped
+    tag: str | None = None
+    """The tag every job of the sweep carries (``spend_summary(by="tag")``, tag budgets)."""
+    rate: Rate = field(default_factory=lambda: rate_for(None), repr=False)
+    """The dollar rate of the client that priced it (its plan's, or the one set)."""
+    verdicts: Any = field(default=None, repr=False)
+    """Keep / Reject for each completed job (``views.verdicts.VerdictPanel``), under the grid."""
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def total_usd(self) -> float:
-        return self.total_credits * USD_PER_CREDIT
+        return float(self.rate.usd(self.total_credits) or 0)
 
     @property
     def submitted(self) -> bool:
@@ -151,7 +157,7 @@ class Sweep:
 
     def summary(self) -> str:
         return (f"Sweep of {len(self.combinations)} {self.model.slug} jobs: {self.total_credits:,} credits "
-                f"(about ${self.total_usd:,.2f} at ${USD_PER_CREDIT}/credit)")
+                f"(about {self.rate.format(self.total_credits)} at ${self.rate.usd_per_credit.normalize():f}/credit)")
 
     def state(self) -> str:
         """"dry run", "declined", or how many were submitted and how they stand ("4 completed")."""
@@ -238,6 +244,7 @@ def sweep(
     background: bool | None = None,
     tracker: Tracker | None = None,
     wait_inputs: bool | float = False,
+    tag: str | None = None,
     **grid: Any,
 ) -> Sweep:
     """Submit every combination of ``prompts`` x ``grid`` (list values are swept) after pricing them.
@@ -252,6 +259,10 @@ def sweep(
     URL parameters take finished Jobs, Media and local image files too (see ``client.generate``);
     every combination's inputs are checked before anything is sent, and each file is uploaded
     once however many combinations use it. ``wait_inputs`` waits for unfinished input jobs.
+
+    ``tag`` labels every job. The session's budgets are checked for the whole sweep before any
+    request: a sweep that would cross one is refused whole (``BudgetExceededError``). In a kernel,
+    Keep / Reject buttons for each completed job appear under the grid.
     """
     from vydra_nb.api.inputs import stand_ins
 
@@ -271,7 +282,7 @@ def sweep(
     unknown = sum(1 for c in costs if c is None)
     total = sum(c or 0 for c in costs)
     result = Sweep(model=m, combinations=bodies, costs=costs, total_credits=total, dry_run=dry_run, axes=axes,
-                   inputs=raw)
+                   inputs=raw, tag=tag, rate=client.usd_rate())
     note = f"; the price of {unknown} is unknown" if unknown else ""
     in_kernel = False
     if show:
@@ -285,6 +296,8 @@ def sweep(
         print(result.summary() + note + ".")
     if max_credits is not None and total > max_credits:
         raise VydraError(f"{result.summary()} is above max_credits={max_credits:,}; nothing was sent.")
+    if not dry_run:  # the whole sweep against the budgets, before anything is sent
+        client.check_budget(None if unknown else total, tag=tag, what=f"This sweep of {len(bodies)} {m.slug} jobs")
     if dry_run:
         result._done.set()
         return result
@@ -310,6 +323,10 @@ def sweep(
             # widgets are closed (see ``_end_views``).
             result._live = live
             result._handle = display(widget_only(live._repr_mimebundle_()), raw=True, display_id=True)
+            from vydra_nb.views.verdicts import VerdictPanel
+
+            result.verdicts = VerdictPanel()  # its own output: it stays when the grid turns plain
+            display(widget_only(result.verdicts._repr_mimebundle_()), raw=True)
     if background is None:
         background = show and in_kernel
     if background:
@@ -319,6 +336,14 @@ def sweep(
     else:
         _submit_all(result, client, tracker)
     return result
+
+
+def _verdict_label(result: Sweep, index: int) -> str:
+    """What tells combination ``index`` apart from the others: its values of what varies."""
+    body = result.combinations[index]
+    varying = [k for k in body if len({repr(c.get(k)) for c in result.combinations}) > 1]
+    prompt = result.model.prompt_field
+    return ", ".join(str(body[k]) if k == prompt else f"{k}={body[k]}" for k in varying) or f"job {index + 1}"
 
 
 def _describe(params: Mapping[str, Any], model: Model) -> str:
@@ -401,8 +426,10 @@ def _submit_all(result: Sweep, client: APIClient, tracker: Tracker) -> None:
     """Submit sequentially; the client's limiter paces the requests. Stops at the first error."""
     try:
         for index, body in enumerate(result.combinations):
-            job = client.generate(result.model, body, validate=False)
+            job = client.generate(result.model, body, validate=False, tag=result.tag)
             result.jobs.append(job)
+            if result.verdicts is not None:
+                result.verdicts.add(job, label=_verdict_label(result, index))
             if result.widget is not None:
                 view = result.widget.set_job(index, job)
                 _watch(result, job, view)

@@ -50,6 +50,7 @@ GENERIC_FLAGS = {
     "--yes": "do not ask before an expensive submission",
     "--sandbox": "use the local sandbox (started on demand) instead of the real service",
     "--timeout": "with --wait: stop waiting after S seconds",
+    "--tag": "label the job(s) for grouping a project's spend (spend_summary(by='tag'), tag budgets)",
 }
 # Other spellings of the generic flags.
 GENERIC_ALIASES = {"--out": "-o", "-y": "--yes"}
@@ -75,6 +76,7 @@ class CellCommand:
     sandbox: bool = False
     timeout: float | None = None
     prompts: list[str] = field(default_factory=list)
+    tag: str | None = None
 
     @property
     def is_sweep(self) -> bool:
@@ -270,6 +272,12 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
             cmd.yes = True
         elif flag == "--sandbox":
             cmd.sandbox = True
+        elif flag == "--tag":
+            tag = fill_flag(value(), names, flag)
+            if not isinstance(tag, str) or not tag.strip() or len(tag.strip()) > 100:
+                raise UsageError(f"--tag needs a short name (at most 100 characters), like --tag lake-promo, not {shown(tag)}.")
+            once("--tag", shown(tag), tag.strip())
+            cmd.tag = tag.strip()
         elif flag in ("--max-credits", "--timeout"):
             raw = _as_text(fill_flag(value(), names, flag), flag)
             try:
@@ -554,6 +562,33 @@ def _job_status(raw: str) -> str:
     return JOB_STATUSES[raw.lower()]
 
 
+def _budget_scope(raw: str) -> str:
+    """``session``, ``day``, or ``tag:NAME`` (``--per tag NAME`` is joined to that before parsing)."""
+    text = raw.strip()
+    if text in ("session", "day") or (text.startswith("tag:") and text[4:].strip()):
+        return text
+    if text == "tag":
+        raise argparse.ArgumentTypeError("needs the tag's name: --per tag NAME.")
+    raise argparse.ArgumentTypeError(f"must be session, day or tag NAME (got {shown(raw)}).")
+
+
+def budget_args(args: list[str]) -> list[str]:
+    """``--per tag NAME`` as the parser reads it (``--per tag:NAME``)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word in ("--per", "--per=tag") and (word == "--per=tag" or (i + 1 < len(args) and args[i + 1] == "tag")):
+            step = 1 if word == "--per=tag" else 2
+            if i + step < len(args) and not args[i + step].startswith("-"):
+                out += ["--per", f"tag:{args[i + step]}"]
+                i += step + 1
+                continue
+        out.append(word)
+        i += 1
+    return out
+
+
 class LineParser(MagicArgumentParser):
     """argparse for one ``%vydra`` command; its mistakes are one-line ``UsageError``s in our words.
 
@@ -655,6 +690,17 @@ def _build_line_parsers() -> dict[str, LineParser]:
     p.add_argument("--speed", metavar="X", type=_positive_number, help="how many times faster than real jobs")
     p.add_argument("--stop", action="store_true", help="stop it and use the real service again")
     parsers["studio"] = command("studio", "The prompt-iteration widget")
+    p = parsers["budget"] = command(
+        "budget", "Cap what this session, a day or a tag may spend; show what is left",
+        "Without N, shows every budget: its size, what is used and what is left. A submission, sweep or "
+        "studio click that would cross a budget is refused whole, before anything is sent; cancelled and "
+        "failed jobs give their credits back. A day budget counts every kernel's spend since local "
+        "midnight, and survives a restart.",
+        usage="%(prog)s [N] [--per session|day|tag NAME] [--clear]")
+    p.add_argument("limit", metavar="N", nargs="?", type=_whole_number(0), help="the budget, in credits")
+    p.add_argument("--per", metavar="WHAT", type=_budget_scope, default="session",
+                   help="session (the default), day, or tag NAME")
+    p.add_argument("--clear", action="store_true", help="remove the budget (every budget, without --per)")
     p = parsers["help"] = command("help", "Commands, or a model's parameters and price")
     p.add_argument("topic", metavar="MODEL|COMMAND", nargs="?", help="a model's slug, or one of these commands")
     return parsers

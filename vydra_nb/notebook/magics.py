@@ -23,7 +23,6 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, nee
 from traitlets import Bool, Float, Int, Unicode, observe
 
 from vydra_nb.api.errors import VydraError, one_line, shown
-from vydra_nb.api.settings import USD_PER_CREDIT
 from vydra_nb.notebook.magic_args import (
     GENERIC_FLAGS,
     JOB_STATUSES,
@@ -59,7 +58,7 @@ COMMANDS = command_summaries()
 # Line commands whose arguments are ids and plain options: ``{expr}`` and ``$var`` in them are
 # expanded from the user's variables, as IPython does for other line magics. ``generate`` (a cell
 # line without a body) and ``%%vydra`` lines are left alone: prompts use our own ``{name}`` filling.
-EXPANDED_COMMANDS = frozenset({"job", "cancel", "jobs", "models", "credits", "sandbox", "help"})
+EXPANDED_COMMANDS = frozenset({"job", "cancel", "jobs", "models", "credits", "sandbox", "help", "budget"})
 
 __all__ = ["COMMANDS", "JOB_STATUSES", "VydraMagics", "load", "unload"]
 
@@ -69,10 +68,6 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _named(kind: Callable[[str], Any], name: str) -> Callable[[_F], _F]:
     """``cell_magic(name)`` as the decorator it is (IPython annotates it as a union mypy cannot apply)."""
     return cast("Callable[[_F], _F]", kind(name))
-
-
-def _dollars(credits: int | None) -> str:
-    return "?" if credits is None else f"${credits * USD_PER_CREDIT:,.2f}"
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -128,6 +123,10 @@ class VydraMagics(Magics):
     resume_on_load = Bool(True, help="On %load_ext, resume tracking jobs that had not ended.").tag(config=True)
     sandbox_speed = Float(10.0, help="Speed of a sandbox started by --sandbox or %vydra sandbox.").tag(config=True)
     sandbox_credits = Int(10_000, help="Starting credits of a sandbox started on demand.").tag(config=True)
+    usd_per_credit = Float(
+        None, allow_none=True,
+        help="USD per credit for every dollar figure (None: the plan's rate; see vydra_nb.api.money).",
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, *, session: Session | None = None, **kwargs: Any) -> None:
         super().__init__(shell, **kwargs)
@@ -138,7 +137,7 @@ class VydraMagics(Magics):
         self._push_settings()
 
     # -- settings: the session reads them live ----------------------------------------------
-    @observe("auto_download", "low_credit_threshold", "download_dir")
+    @observe("auto_download", "low_credit_threshold", "download_dir", "usd_per_credit")
     def _settings_changed(self, change: Any = None) -> None:
         self._push_settings()
 
@@ -150,6 +149,11 @@ class VydraMagics(Magics):
         settings.auto_download = self.auto_download
         settings.low_credit_threshold = self.low_credit_threshold
         settings.download_dir = Path(self.download_dir).expanduser() if self.download_dir else None
+        settings.usd_per_credit = self.usd_per_credit
+
+    def _dollars(self, credits: int | None) -> str:
+        """``$0.51``: at the client's rate (its plan's, or ``usd_per_credit``), half up to the cent."""
+        return self.client.usd_rate().format(credits)
 
     # -- session ----------------------------------------------------------------------------
     @property
@@ -209,13 +213,15 @@ class VydraMagics(Magics):
                 raise UsageError(f"The price of {slug} is not known, so --max-credits {cmd.max_credits} cannot be checked.")
             if total > cmd.max_credits:
                 raise UsageError(
-                    f"This costs {total} credits ({_dollars(total)}), above --max-credits {cmd.max_credits}; nothing was sent."
+                    f"This costs {total} credits ({self._dollars(total)}), above --max-credits {cmd.max_credits}; nothing was sent."
                 )
+        # Every budget of the session, before the question and before anything is sent.
+        client.check_budget(total, tag=cmd.tag, what=self._what(slug, len(bodies)))
         if total is not None and not cmd.yes:
             self._confirm(total, len(bodies))
         if cmd.is_sweep:
             return self._sweep(cmd, model, bodies, wait_inputs)
-        job = client.generate(model, prepared[0], wait_inputs=wait_inputs)
+        job = client.generate(model, prepared[0], wait_inputs=wait_inputs, tag=cmd.tag)
         if cmd.output_var:
             self.user_ns[cmd.output_var] = job
         if cmd.wait or self.default_wait:
@@ -262,9 +268,9 @@ class VydraMagics(Magics):
         unit = f"per {model.pricing_unit}" if model.pricing_unit else "each"
         shown = total if total is not None else "?"
         if len(bodies) > 1:
-            cost = f"{len(bodies)} requests, {shown} credits ({_dollars(total)}) in all"
+            cost = f"{len(bodies)} requests, {shown} credits ({self._dollars(total)}) in all"
         else:
-            cost = f"{shown} credits ({_dollars(total)}) {unit}"
+            cost = f"{shown} credits ({self._dollars(total)}) {unit}"
         lines.append(f"Cost: {cost}. Nothing was sent (--dry-run).")
         # What the same cell without --dry-run would do: a dry run that says nothing of a refusal
         # to come is taken for a green light.
@@ -273,10 +279,27 @@ class VydraMagics(Magics):
             lines.append(f"Warning: the price is not known, so the real run would be refused by --max-credits {max_credits}.")
         elif max_credits is not None and total is not None and total > max_credits:
             lines.append(f"Warning: the real run would be refused: {total} credits is above --max-credits {max_credits}.")
+        elif (refusal := self._budget_refusal(total, cmd, model.slug, len(bodies))) is not None:
+            lines.append(f"Warning: the real run would be refused: {refusal}")
         elif self._asks_first(total) and not (cmd and cmd.yes):
             lines.append(f"Note: the real run would ask before submitting: {total} credits is above "
                          f"VydraMagics.confirm_above={self.confirm_above} (--yes skips the question).")
         show_text("\n".join(lines))
+
+    @staticmethod
+    def _what(slug: str, count: int) -> str:
+        """How a budget refusal names the submission: "This veo3 job", "This sweep of 6 veo3 jobs"."""
+        return f"This sweep of {count} {slug} jobs" if count > 1 else f"This {slug} job"
+
+    def _budget_refusal(self, total: int | None, cmd: Any, slug: str, count: int) -> str | None:
+        """What the session's budgets would say of a real run of this dry run, if they refuse it."""
+        from vydra_nb.api.errors import BudgetExceededError
+
+        try:
+            self.client.check_budget(total, tag=getattr(cmd, "tag", None), what=self._what(slug, count))
+        except BudgetExceededError as exc:
+            return str(exc).replace("; nothing was sent", "")
+        return None
 
     def _asks_first(self, total: int | None) -> bool:
         """Whether a submission of ``total`` credits asks for confirmation (``confirm_above``)."""
@@ -285,13 +308,13 @@ class VydraMagics(Magics):
     def _confirm(self, total: int, count: int) -> None:
         if not self._asks_first(total):
             return
-        question = (f"This submits {count} job(s) for {total} credits ({_dollars(total)}), above "
+        question = (f"This submits {count} job(s) for {total} credits ({self._dollars(total)}), above "
                     f"VydraMagics.confirm_above={self.confirm_above}. Submit? [y/N] ")
         try:
             answer = input(question)
         except (StdinNotImplementedError, EOFError, RuntimeError, OSError):
             raise UsageError(
-                f"This costs {total} credits ({_dollars(total)}), above VydraMagics.confirm_above="
+                f"This costs {total} credits ({self._dollars(total)}), above VydraMagics.confirm_above="
                 f"{self.confirm_above}; add --yes to submit without asking."
             ) from None
         if answer.strip().lower() not in ("y", "yes"):
@@ -303,7 +326,7 @@ class VydraMagics(Magics):
         grid = {**{k: [v] for k, v in cmd.params.items()}, **cmd.grid}
         # Cost was shown and confirmed above; the sweep prints it again with its grid of views.
         result = sweep(model, cmd.prompts or None, parameters=grid, client=self.client,
-                       confirm_above=None, max_credits=cmd.max_credits, wait_inputs=wait_inputs)
+                       confirm_above=None, max_credits=cmd.max_credits, wait_inputs=wait_inputs, tag=cmd.tag)
         if cmd.output_var:
             self.user_ns[cmd.output_var] = result
         if cmd.wait or self.default_wait:
@@ -487,7 +510,7 @@ class VydraMagics(Magics):
             warnings.simplefilter("always")
             org = self.client.organization()
         remaining = org.credits_remaining
-        print(f"{remaining:,} credits remaining ({_dollars(remaining)}) · plan {org.plan} · {self._backend_label()}"
+        print(f"{remaining:,} credits remaining ({self._dollars(remaining)}) · plan {org.plan} · {self._backend_label()}"
               if remaining is not None else f"Balance unknown · plan {org.plan}")
         if remaining is not None and remaining < self.low_credit_threshold:
             print(f"Warning: below {self.low_credit_threshold} credits; top up before long jobs.", file=sys.stderr)
@@ -606,6 +629,44 @@ class VydraMagics(Magics):
         box = self.use_sandbox(credits=opts.credits, speed=opts.speed)
         print(f"SANDBOX at {box.url} · {box.state()['balance']:,} fake credits · speed ×{box.speed:g}. "
               "Nothing here costs money.")
+
+    def _cmd_budget(self, args: list[str]) -> None:
+        """``%vydra budget [N] [--per session|day|tag NAME] [--clear]``: set, show or clear budgets."""
+        from vydra_nb.notebook.magic_args import budget_args
+
+        opts = parse_line_command("budget", budget_args(args))
+        budgets = self.session.budgets
+        per = opts.per
+        explicit = any(a == "--per" or a.startswith("--per=") for a in args)
+        if opts.clear:
+            if opts.limit is not None:
+                raise UsageError("Give either a budget or --clear, not both.")
+            removed = budgets.clear(per if explicit else None)
+            print("Removed the " + ", ".join(f"{b.scope} budget" for b in removed) + "." if removed
+                  else "No such budget; nothing changed.")
+            return
+        if opts.limit is not None:
+            budgets.set(opts.limit, per=per)
+        self._show_budgets()
+
+    def _show_budgets(self) -> None:
+        """Each budget: its size, what is used (spent and in flight) and what is left, on this backend."""
+        client = self.client
+        statuses = self.session.budgets.status(client.backend)
+        if not statuses:
+            print("No budget is set. `%vydra budget 2000` caps this session's spend; add --per day, or "
+                  "--per tag NAME for a project's tagged jobs.")
+            return
+        rate = client.usd_rate()
+        kind = "sandbox credits" if client.is_sandbox else "credits"
+        width = max(len(st.budget.scope) for st in statuses)
+        for st in statuses:
+            b = st.budget
+            when = " today" if b.per == "day" else ""
+            print(f"{b.scope + ' budget':<{width + 7}} {b.limit:>9,} {kind}: {st.used:,} used{when}, "
+                  f"{st.left:,} left ({rate.format(st.left)})")
+        print("Refused before sending: a submission, sweep or studio click that would cross one. "
+              "Cancelled and failed jobs give their credits back.")
 
     def _cmd_studio(self, args: list[str]) -> Any:
         from vydra_nb.notebook.studio import studio

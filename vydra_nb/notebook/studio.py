@@ -16,16 +16,16 @@ from typing import Any
 
 import ipywidgets as W
 
-from vydra_nb.views import display as D
 from vydra_nb.api.client import APIClient
-from vydra_nb.api.settings import USD_PER_CREDIT
 from vydra_nb.api.errors import ValidationError, VydraError
 from vydra_nb.api.inputs import field_kind, uri_fields
 from vydra_nb.api.jobs import Job
 from vydra_nb.api.models import Model, Parameter
 from vydra_nb.session import current as current_session
 from vydra_nb.tracking.tracker import Tracker
+from vydra_nb.views import display as D
 from vydra_nb.views.job_view import JobView
+from vydra_nb.views.verdicts import VerdictButtons
 
 _UNSET = object()
 EMPTY_LABEL = "—"
@@ -44,7 +44,7 @@ class Studio(W.VBox):
     """
 
     def __init__(self, client: APIClient | None = None, *, tracker: Tracker | None = None,
-                 model: str | None = None) -> None:
+                 model: str | None = None, tag: str | None = None) -> None:
         session = current_session()
         self.client = client or session.client
         self.tracker = tracker or session.tracker
@@ -58,6 +58,7 @@ class Studio(W.VBox):
         self.jobs: list[Job] = []
         self.cards: list[tuple[W.Widget, Job, dict[str, Any], int | None]] = []
         self.last_error: str | None = None
+        self.tag = tag  # every submission carries it (spend by tag, tag budgets)
 
         self.model_picker = W.Dropdown(options=[(_label(m), m.slug) for m in self.models], description="Model",
                                        layout=W.Layout(width="520px"))
@@ -346,7 +347,7 @@ class Studio(W.VBox):
             self.reason.value = "No active model to choose."
             return
         cost = self.model.price(self.params())
-        usd = f" (${cost * USD_PER_CREDIT:.2f})" if cost is not None else ""
+        usd = f" ({self.client.usd_rate().format(cost)})" if cost is not None else ""
         self.price.value = f"<b>{D.esc(cost if cost is not None else '?')} credits</b>{D.esc(usd)}"
         problem = self.validation_error()
         self.submit.disabled = problem is not None
@@ -376,7 +377,7 @@ class Studio(W.VBox):
             if model is None:
                 raise VydraError("No model selected.")
             cost = model.price(params)
-            job = self.client.generate(model, params)
+            job = self.client.generate(model, params, tag=self.tag)  # budgets refuse before sending
             self.last_error = None
             self._add_card(job, model, params, cost)
             self.tracker.track(job)
@@ -407,8 +408,11 @@ class Studio(W.VBox):
             self._refresh_grid(j)
 
         job.subscribe(ended)
-        card = W.VBox([view, details, W.HBox([reuse, chain])], layout=W.Layout(border="1px solid #ddd", padding="6px"))
+        verdict = VerdictButtons(job)  # Keep / Reject, shown once the job has completed
+        card = W.VBox([view, details, W.HBox([reuse, chain]), verdict],
+                      layout=W.Layout(border="1px solid #ddd", padding="6px"))
         card.add_class("vydra-card")
+        card.verdict_buttons = verdict
         card.reuse_button = reuse
         card.chain_button = chain
         card.view = view
@@ -445,6 +449,7 @@ class Studio(W.VBox):
         self.update_state()
 
 
-def studio(client: APIClient | None = None, model: str | None = None) -> Studio:
-    """The prompt-iteration widget for ``client`` (default: the session's client), open on ``model``."""
-    return Studio(client, model=model)
+def studio(client: APIClient | None = None, model: str | None = None, *, tag: str | None = None) -> Studio:
+    """The prompt-iteration widget for ``client`` (default: the session's client), open on ``model``;
+    ``tag`` labels every job it submits. Each result's card has Keep / Reject buttons."""
+    return Studio(client, model=model, tag=tag)

@@ -23,8 +23,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
 
 from vydra_nb.api.jobs import CANCELLED, COMPLETED, FAILED, Job
 from vydra_nb.api.media import Media, is_safe_url
@@ -56,6 +56,7 @@ STYLE = (
     ".vydra-badge.vydra-status-cancelled{background:#6d4c41}"
     ".vydra-badge.vydra-status-running{background:#1565c0}"
     ".vydra-badge.vydra-status-pending{background:#607d8b}"
+    ".vydra-badge.vydra-verdict-kept{background:#00695c}.vydra-badge.vydra-verdict-rejected{background:#8d6e63}"
     ".vydra-player video,.vydra-player img{max-width:100%;max-height:480px}"
     ".vydra-meta{color:#666;font-size:12px}.vydra-links{overflow-wrap:anywhere}"
     ".vydra-error{color:#c62828}</style>"
@@ -319,15 +320,20 @@ def outcome_html(job: Job, **kw: Any) -> str:
 
 
 def header_html(job: Job, *, prompt_limit: int = 80) -> str:
-    """SANDBOX badge, status badge, model, job id and the shortened prompt, all escaped."""
+    """SANDBOX badge, status badge, verdict badge, model, job id, tag and the shortened prompt and
+    note, all escaped. The verdict is here so that a saved notebook keeps it with the result."""
     sandbox = '<span class="vydra-badge vydra-sandbox">SANDBOX</span>' if is_sandbox(job) else ""
     badge = f'<span class="vydra-badge {status_class(job.status)}">{esc(job.status)}</span>'
+    verdict = (f'<span class="vydra-badge vydra-verdict-{esc(job.verdict)}">{esc(job.verdict)}</span>'
+               if job.verdict in ("kept", "rejected") else "")
     credits = f" · {job.credits_charged} credits" if job.credits_charged is not None else ""
+    tag = f" · tag {job.tag}" if job.tag else ""
     prompt = shorten(job.prompt, prompt_limit)
     prompt_html = f'<div class="vydra-prompt">{esc(prompt)}</div>' if prompt else ""
+    note_html = f'<div class="vydra-meta vydra-note">note: {esc(shorten(job.note_text, 200))}</div>' if job.note_text else ""
     return (
-        f'<div class="vydra-header">{sandbox}{badge}<b>{esc(job.model or "?")}</b> '
-        f'<span class="vydra-meta">{esc(job.id)}{esc(credits)}</span></div>{prompt_html}'
+        f'<div class="vydra-header">{sandbox}{badge}{verdict}<b>{esc(job.model or "?")}</b> '
+        f'<span class="vydra-meta">{esc(job.id)}{esc(credits)}{esc(tag)}</span></div>{prompt_html}{note_html}'
     )
 
 
@@ -349,6 +355,9 @@ def job_text(job: Job) -> str:
     prompt = shorten(job.prompt, 100)
     if prompt:
         lines.append(f"prompt: {prompt}")
+    judged = " · ".join(p for p in (job.verdict, shorten(job.note_text, 100) if job.note_text else None) if p)
+    if judged:
+        lines.append(f"verdict: {judged}" if job.verdict else f"note: {judged}")
     if job.status == COMPLETED:
         media, kind = primary_media(job)
         text = (job.output or {}).get("text")

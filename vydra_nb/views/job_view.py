@@ -388,6 +388,8 @@ class JobDisplay:
     job: Job
     view: Any
     handle: Any = None
+    verdict: Any = None
+    """The Keep / Reject buttons under the result (``views.verdicts``), where widgets are available."""
 
     def _ipython_display_(self) -> None:
         return None
@@ -407,7 +409,8 @@ def widgets_available() -> bool:
 
 
 def show_job(
-    job: Job, *, tracker: Tracker | None = None, use_widgets: bool | None = None, transient: bool = False
+    job: Job, *, tracker: Tracker | None = None, use_widgets: bool | None = None, transient: bool = False,
+    verdicts: bool = True,
 ) -> JobDisplay:
     """Show a live view of ``job`` in the current cell and make the tracker keep it up to date.
 
@@ -416,6 +419,10 @@ def show_job(
     visible in a saved notebook, nbconvert HTML and VS Code without the kernel; then the view's
     widgets are closed, so a finished job keeps no widget model alive. ``transient`` shows the
     widget alone, for a caller that clears it and displays the final result itself.
+
+    Under the result, ``verdicts`` adds Keep / Reject buttons (``views.verdicts``: one small widget,
+    shown once the job has completed); the verdict then shows in the plain result, which is
+    rewritten when it changes, and is what a saved notebook keeps.
     """
     from IPython.display import display
 
@@ -429,8 +436,11 @@ def show_job(
 
     if job.done:
         # Nothing left to watch: the plain final bundle is the whole story, and it saves cleanly.
-        handle = display(D.job_bundle(job), raw=True, display_id=True)
-        return JobDisplay(job, None, handle)
+        plain = D.job_bundle(job)
+        handle = display(plain, raw=True, display_id=True)
+        _follow_plain(job, handle, plain["text/html"])
+        buttons = _verdict_buttons(job) if verdicts and job.status == COMPLETED else None
+        return JobDisplay(job, None, handle, buttons)
 
     view = JobView(job, tracker=tracker)
     if transient:
@@ -441,6 +451,7 @@ def show_job(
     else:
         bundle = view._repr_mimebundle_()
     handle = display(bundle, raw=True, display_id=True)
+    buttons = _verdict_buttons(job) if verdicts and not transient else None
     shown: dict[str, Any] = {"html": None, "view": view}  # the view is dropped once closed
     lock = threading.Lock()
 
@@ -464,4 +475,28 @@ def show_job(
     tracker.track(job)
     if job.done:
         finish(job)
-    return JobDisplay(job, view, handle)
+    return JobDisplay(job, view, handle, buttons)
+
+
+def _follow_plain(job: Job, handle: Any, html: str) -> None:
+    """Rewrite a finished job's plain output when it changes (a verdict, a note, a download)."""
+    shown = {"html": html}
+    lock = threading.Lock()
+
+    def changed(j: Job) -> None:
+        bundle = D.job_bundle(j)
+        with lock:
+            if bundle["text/html"] == shown["html"]:
+                return
+            shown["html"] = bundle["text/html"]
+        if handle is not None:
+            handle.update(bundle, raw=True)
+
+    job.subscribe(changed)
+
+
+def _verdict_buttons(job: Job) -> Any:
+    """Keep / Reject under the result (a separate, widget-only output; see ``views.verdicts``)."""
+    from vydra_nb.views.verdicts import show_verdict
+
+    return show_verdict(job)
