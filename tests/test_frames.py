@@ -7,19 +7,19 @@ import math
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 import matplotlib
 import pandas as pd
 import pytest
 
-from vydra_nb.session import current as current_session
 from vydra_nb import JobCancelledError, JobFailedError, NotFoundError
 from vydra_nb.analysis import frames
 from vydra_nb.api.jobs import Job
-from vydra_nb.tracking.history import _UPSERT, History
 from vydra_nb.api.models import Model
+from vydra_nb.session import current as current_session
+from vydra_nb.tracking.history import _UPSERT, History
 
 from .synthetic import synthetic_rows
 
@@ -31,6 +31,8 @@ JOB_DTYPES = {
     "error_code": TXT, "error_message": TXT, "backend": TXT, "host": TXT, "notebook": TXT,
     "progress": "Int64", "credits_charged": "Int64", "credits_refunded": "Int64", "net_credits": "Int64",
     "usd": "float64", "duration_s": "float64", "status": "category",
+    "verdict": TXT, "note": TXT, "tag": TXT, "pricing_unit": TXT, "catalog_credits": "Int64",
+    "charged_vs_catalog": "Int64",
 }
 
 
@@ -56,14 +58,22 @@ def test_models_df_columns_dtypes_and_grok_variants(shared_client: Any) -> None:
     assert grok == {"model=text-to-image": 8, "model=text-to-video": 150, "model=image-to-video": 150}
     veo = df[df["slug"] == "veo3"].iloc[0]
     assert pd.isna(veo["variant"]) and veo["credits_per_unit"] == 175 and veo["provider"] == "kie-ai"
-    assert veo["usd_per_unit"] == pytest.approx(0.525)
-    assert (df["usd_per_unit"] == df["credits_per_unit"].astype(float) * 0.003).all()
+    # The reference's pricing table, dollar column included: credits x $0.0029 (the Creator plan
+    # rate the sandbox reports), rounded half up to the cent: Kling's 1.015 is $1.02.
+    usd = df.set_index(["slug", df["variant"].fillna("")])["usd_per_unit"].to_dict()
+    assert usd[("veo3", "")] == 0.51 and usd[("kling-motion-control", "")] == 1.02
+    assert usd[("grok-imagine", "model=text-to-image")] == 0.02 and usd[("grok-imagine", "model=text-to-video")] == 0.44
+    assert usd[("asmr-generator", "")] == 0.51 and usd[("elevenlabs-tts", "")] == 0.01
+    assert usd[("elevenlabs-sts", "")] == 0.03 and usd[("whisper", "")] == 0.01 and usd[("nano-banana", "")] == 0.02
+    assert df.attrs["usd_per_credit"] == "0.0029" and df.attrs["usd_rate_source"] == "creator plan"
     assert list(df["provider"]) == sorted(df["provider"])  # grouped by provider
 
-    assert "$0.53" in frames.styled(df).to_html()
+    html = frames.styled(df).to_html()
+    assert "$0.51" in html and "<caption>USD at $0.0029 per credit (creator plan)</caption>" in html
     everything = frames.models_df(client=shared_client, active_only=False, usd_per_credit=0.01)
     assert "veo2" in set(everything["slug"]) and not everything.set_index("slug").loc["veo2", "is_active"]
     assert everything.set_index("slug").loc["veo3", "usd_per_unit"] == pytest.approx(1.75)
+    assert everything.attrs["usd_rate"] == "USD at $0.01 per credit (given as usd_per_credit)"
     assert set(frames.models_df("xai", client=shared_client)["slug"]) == {"grok-imagine"}
 
 
@@ -79,7 +89,8 @@ def test_models_df_takes_any_object_with_a_model_list() -> None:
     df = frames.models_df(client=Catalog(), active_only=False)
     assert list(df["slug"]) == ["a", "b"]
     assert pd.isna(df.loc[0, "credits_per_unit"]) and math.isnan(df.loc[0, "usd_per_unit"])
-    assert df.loc[1, "usd_per_unit"] == pytest.approx(0.009) and df.loc[1, "pricing_unit"] == "minute"
+    assert df.loc[1, "usd_per_unit"] == pytest.approx(0.01) and df.loc[1, "pricing_unit"] == "minute"
+    assert "assumed" in df.attrs["usd_rate_source"]  # no client that knows the plan: said so
     empty = frames.models_df(client=type("Empty", (), {"models": lambda self, **kw: []})())
     assert tuple(empty.columns) == frames.MODEL_COLUMNS and len(empty) == 0
 
@@ -90,22 +101,25 @@ def test_plan_costs_matches_the_pricing_table_and_the_balance(client: Any) -> No
     assert tuple(plan.columns) == frames.PLAN_COLUMNS
     assert list(plan["model"]) == ["veo3", "TOTAL"]
     total = plan.iloc[-1]
-    assert total["credits"] == 8750 and total["usd"] == pytest.approx(26.25)
+    assert total["credits"] == 8750 and total["usd"] == 25.38  # 25.375, half up
     assert total["balance_after"] == 10_000 - 8750 and bool(total["covered"]) and total["short_by"] == 0
     html = frames.styled(plan).to_html()
-    assert "$26.25" in html and "8,750" in html and "font-weight: bold" in html
-    assert plan.attrs == {"total_credits": 8750, "total_usd": pytest.approx(26.25), "balance": 10_000, "short_by": 0}
+    assert "$25.38" in html and "8,750" in html and "font-weight: bold" in html
+    assert {k: plan.attrs[k] for k in ("total_credits", "total_usd", "balance", "short_by")} == {
+        "total_credits": 8750, "total_usd": 25.38, "balance": 10_000, "short_by": 0}
+    assert plan.attrs["usd_rate"] == "USD at $0.0029 per credit (creator plan)"
 
     # 50 Veo videos and 200 Grok images: 8750 + 1600 credits, 350 more than the sandbox's 10,000.
     plan = frames.plan_costs({"veo3": 50, "grok-imagine:text-to-image": 200}, client=client)
     assert plan["credits_each"].tolist()[:2] == [175, 8]
     assert plan["credits"].tolist() == [8750, 1600, 10_350]
-    assert plan["usd"].tolist() == pytest.approx([26.25, 4.80, 31.05])
+    assert plan["usd"].tolist() == [25.38, 4.64, 30.02]
     assert plan["variant"].iloc[1] == "model=text-to-image"
     assert plan["covered"].tolist() == [True, False, False]
     assert plan["short_by"].tolist() == [0, 350, 350] and plan.attrs["short_by"] == 350
     assert {c: str(t) for c, t in plan.dtypes.items()} == {
-        "model": TXT, "variant": TXT, "count": "Int64", "credits_each": "Int64", "credits": "Int64",
+        "model": TXT, "variant": TXT, "count": "Int64", "keep_rate": "Float64", "submissions": "Int64",
+        "credits_each": "Int64", "credits": "Int64",
         "usd": "float64", "balance_after": "Int64", "covered": "boolean", "short_by": "Int64",
     }
 
@@ -173,7 +187,7 @@ def test_jobs_df_from_real_jobs(spent: Any) -> None:
     assert len(df) == 4
     by_id = df.set_index("id")
     ok, bad, stop = by_id.loc[jobs["ok"].id], by_id.loc[jobs["bad"].id], by_id.loc[jobs["stop"].id]
-    assert ok["status"] == "completed" and ok["net_credits"] == 175 and ok["usd"] == pytest.approx(0.525)
+    assert ok["status"] == "completed" and ok["net_credits"] == 175 and ok["usd"] == 0.51
     assert ok["duration_s"] >= 0 and ok["media_url"].startswith("http") and Path(ok["local_path"]).exists()
     assert json.loads(ok["params"]) == {"prompt": "A lake at sunset", "aspect_ratio": "9:16"}
     assert ok["prompt"] == "A lake at sunset" and ok["backend"] == "sandbox"
@@ -204,11 +218,13 @@ def test_spend_summary_from_real_jobs(spent: Any) -> None:
     assert {c: str(t) for c, t in by_model.dtypes.items()} == {
         "jobs": "int64", "credits_charged": "Int64", "credits_refunded": "Int64", "net_credits": "Int64",
         "usd": "float64", "failure_rate": "float64", "mean_duration_s": "float64",
+        "kept": "int64", "rejected": "int64", "keep_rate": "float64", "credits_per_kept": "float64",
+        "usd_per_kept": "float64",
     }
     assert list(by_model.index) == ["veo3", "nano-banana", "grok-imagine"]  # by net spend
     veo = by_model.loc["veo3"]
     assert (veo["jobs"], veo["credits_charged"], veo["credits_refunded"], veo["net_credits"]) == (2, 350, 175, 175)
-    assert veo["usd"] == pytest.approx(0.525) and veo["failure_rate"] == pytest.approx(0.5)
+    assert veo["usd"] == 0.51 and veo["failure_rate"] == pytest.approx(0.5)
     assert veo["mean_duration_s"] >= 0  # the sandbox reports whole seconds: 0 is possible at speed 100
     grok = by_model.loc["grok-imagine"]
     assert (grok["jobs"], grok["credits_charged"], grok["credits_refunded"], grok["net_credits"]) == (1, 150, 150, 0)
@@ -228,7 +244,7 @@ def test_spend_summary_from_real_jobs(spent: Any) -> None:
     for by in ("day", "week"):
         s = frames.spend_summary(by)
         assert len(s) == 1 and s["jobs"].iloc[0] == 4 and s["net_credits"].iloc[0] == 183
-        assert s["usd"].iloc[0] == pytest.approx(0.549) and s.index.name == by
+        assert s["usd"].iloc[0] == 0.53 and s.index.name == by  # 183 x 0.0029 = 0.5307
         assert str(s.index.tz) == "UTC"
     week = frames.spend_summary("week").index[0]
     assert week.day_of_week == 0 and week <= pd.Timestamp.now(tz="UTC") < week + pd.Timedelta(days=7)
@@ -271,7 +287,7 @@ def test_spend_chart_and_styled(spent: Any, monkeypatch: pytest.MonkeyPatch) -> 
     plt.close("all")
 
     html = frames.styled(frames.jobs_df()).to_html()
-    assert "$0.53" in html and "UTC" not in html  # dollars, short times
+    assert "$0.51" in html and "UTC" not in html  # dollars, short times
     summary_html = frames.styled(frames.spend_summary("model")).to_html()
     assert "50%" in summary_html
     assert isinstance(frames.styled(frames.spend_summary("day")), pd.io.formats.style.Styler)

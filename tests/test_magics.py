@@ -143,7 +143,7 @@ def test_dry_run_sends_nothing(ip: InteractiveShell, capsys: pytest.CaptureFixtu
     text = capsys.readouterr().out
     body = json.loads(text[text.index("{"): text.rindex("}") + 1])
     assert body == {"model": "text-to-video", "duration": 6, "prompt": "a comet"}
-    assert "150 credits" in text and "$0.45" in text and "Nothing was sent" in text
+    assert "150 credits" in text and "$0.44" in text and "Nothing was sent" in text
     assert client.requests_sent == sent and balance(ip) == 5000
     assert magics_of(ip).session.sandbox.api_key not in text
 

@@ -253,7 +253,7 @@ def test_dry_run_shows_the_body_as_escaped_html(ip: InteractiveShell) -> None:
     url = magics_of(ip).client.base_url
     assert data["text/plain"] == (f"POST {url}/models/veo3 · SANDBOX\n"
                                   + json.dumps({"aspect_ratio": "9:16", "prompt": EVIL}, indent=2, ensure_ascii=False)
-                                  + "\nCost: 175 credits ($0.53) per video. Nothing was sent (--dry-run).")
+                                  + "\nCost: 175 credits ($0.51) per video. Nothing was sent (--dry-run).")
 
 
 # -- 5. IPython's own machinery ----------------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_submit_disabled_with_reason_until_valid_and_price_follows(st: Studio) -
     assert st.params() == {"prompt": "a <b>cat</b>"}  # untouched defaults are not sent
     assert "8 credits" in st.price.value
     st.fields["model"].value = "text-to-video"
-    assert "150 credits" in st.price.value and "$0.45" in st.price.value
+    assert "150 credits" in st.price.value and "$0.44" in st.price.value
     st.fields["model"].value = "image-to-video"
     assert st.submit.disabled and "image_url" in st.reason.value
     st.fields["image_url"].value = "https://example.com/a.png"

@@ -20,7 +20,7 @@ def test_dry_run_prices_every_combination(client: Any, sb: Any, capsys: pytest.C
     s = sweep("veo3", ["a", "b", "c"], client=client, aspect_ratio=["16:9", "9:16"], dry_run=True, show=False)
     assert len(s.combinations) == 6 and s.total_credits == 6 * 175
     assert {"prompt": "b", "aspect_ratio": "9:16"} in s.combinations
-    assert "6 veo3 jobs: 1,050 credits (about $3.15" in capsys.readouterr().out
+    assert "6 veo3 jobs: 1,050 credits (about $3.05" in capsys.readouterr().out
     assert s.jobs == [] and _posts(sb) == 0
     df = s.dataframe()
     assert list(df["status"]) == ["not submitted"] * 6 and df["estimated_credits"].sum() == 1050

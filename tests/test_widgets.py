@@ -294,7 +294,15 @@ def test_a_finished_view_leaves_no_open_widget(shared_client: Any, monkeypatch: 
     # The plain final bundle went over the view while it was still open; then it was closed.
     assert updates and updates[0][1] == 22 and WIDGET_MIME not in updates[0][0]
     assert "<img" in updates[0][0]["text/html"]
-    assert not set(widget_module._instances) - before, "a finished job left widget models open"
+    # What stays open is the Keep / Reject buttons under the result (one widget, with its layout
+    # and style), shown as a widget-only output of their own; a transient view has none.
+    left = {widget_module._instances[k] for k in set(widget_module._instances) - before}
+    buttons = display.verdict
+    assert (buttons is None) == transient
+    assert left == (set() if transient else set(_tree(buttons))) and len(left) in (0, 3), left
+    if not transient:
+        assert shown[1] == {WIDGET_MIME: shown[1][WIDGET_MIME]}  # nothing of it in a saved text
+        buttons.close()
     assert view not in CLOCK._views
     assert view.bar.value == 100 and "<img" in view.result.value  # still readable once closed
     view.close()  # idempotent
@@ -370,7 +378,10 @@ def test_a_sweep_grid_ends_as_plain_html_and_closes(shared_client: Any, monkeypa
     # The grid gave way to the plain results while its widgets were still open, then closed.
     assert updates and updates[0][1] > 0 and WIDGET_MIME not in updates[0][0]
     assert updates[-1][0]["text/html"].count("<img") == 3 and "3 completed" in updates[-1][0]["text/plain"]
-    assert not set(widget_module._instances) - before
+    # Only the Keep / Reject panel under the grid stays: its box, and one widget per completed job.
+    left = {widget_module._instances[k] for k in set(widget_module._instances) - before}
+    assert left == set(_tree(s.verdicts)) and len(s.verdicts.rows) == 3, left
+    s.verdicts.close()
 
 
 NOTEBOOK_CELLS = [
@@ -403,7 +414,8 @@ def test_updates_arrive_after_the_cell_returned_in_a_real_kernel(tmp_path: Any) 
     nbclient.NotebookClient(nb, timeout=40, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert time.monotonic() - started < 30
     outputs = nb.cells[0].outputs
-    assert len(outputs) == 1, outputs
+    # The job's output, then its Keep / Reject buttons: a widget alone, nothing nbval compares.
+    assert len(outputs) == 2 and list(outputs[1]["data"]) == [WIDGET_MIME], outputs
     data = outputs[0]["data"]
     # The widget output was replaced, by display id, with the plain final bundle.
     assert WIDGET_MIME not in data

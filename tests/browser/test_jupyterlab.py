@@ -9,6 +9,8 @@ and Shift+Enter, and checks:
 2. the finished job becomes a ``<video class="vydra-video">`` that Chromium decodes
    (``readyState >= 2``, ``duration > 0``);
 3. clicking Cancel on a second, long job turns its output to "cancelled" with the refund;
+   clicking Keep under the finished job records the verdict: the next cell reads it from
+   ``jobs_df()``, and the job's plain output shows it;
 4. the studio's Submit button is disabled for an empty prompt and enabled once one is typed;
 5. after Ctrl+S, the saved file holds the plain result, and the notebook reopened in a fresh page
    still shows the video with its source.
@@ -39,6 +41,7 @@ FREE_CELL = 'print("kernel is free:", 6 * 7)'
 LONG_CELL = ("%vydra generate kling-motion-control --image-url https://e.com/a.png "
              "--video-url https://e.com/b.mp4 -o long")
 STUDIO_CELL = "%vydra studio"
+VERDICT_CELL = 'import vydra_nb\nprint("verdict:", vydra_nb.jobs_df().set_index("id").loc[clip.id, "verdict"])'
 
 SPLASH_TIMEOUT = 60_000
 JOB_TIMEOUT = 60_000  # ms; the job itself takes ~11 s
@@ -130,7 +133,7 @@ def _wait_decoded(page: Any, video: Any, timeout_ms: int = 30_000) -> dict[str, 
 def test_job_view_progress_video_cancel_and_saved_result(lab: Any, browser: Any, page: Any, artifacts: Path) -> None:
     name = "vydra-browser-test.ipynb"
     path = lab.root / name
-    _write_notebook(path, [SETUP, JOB_CELL, FREE_CELL, LONG_CELL])
+    _write_notebook(path, [SETUP, JOB_CELL, FREE_CELL, LONG_CELL, VERDICT_CELL])
     report: dict[str, Any] = {}
 
     _open(page, lab, name)
@@ -205,6 +208,19 @@ def test_job_view_progress_video_cancel_and_saved_result(lab: Any, browser: Any,
     backgrounds = {"completed": _block_background(job_cell)}
     video_src = state["src"]
 
+    # (3) Keep: the buttons under the finished result record the verdict in the history, which the
+    # next cell reads; the plain result (what a saved notebook keeps) shows it too.
+    keep = job_cell.locator(".vydra-verdict button", has_text="Keep")
+    keep.wait_for(state="visible", timeout=15_000)
+    keep.click()
+    page.wait_for_function("b => b.classList.contains('mod-active')", arg=keep.element_handle(), timeout=10_000)
+    _run(page, 4)
+    verdict_out = _output_with(page, 4, "verdict:", timeout=30_000).inner_text()
+    job_cell.locator(".vydra-badge.vydra-verdict-kept").first.wait_for(state="visible", timeout=10_000)
+    _shot(page, artifacts, "03b-kept")
+    report["verdict_cell"] = verdict_out
+    assert verdict_out.split() == ["verdict:", "kept"], f"(3) jobs_df() should show the Keep click: {verdict_out!r}"
+
     # (3) Cancel a long job from its button: the view turns to cancelled, with the refund.
     _run(page, 3)
     long_cell = _cell(page, 3)
@@ -250,8 +266,12 @@ def test_job_view_progress_video_cancel_and_saved_result(lab: Any, browser: Any,
         pytest.fail(f"(5) Ctrl+S did not save the final outputs to {path}")
     job_outputs = saved["cells"][1]["outputs"]
     widget_mime = "application/vnd.jupyter.widget-view+json"
-    assert not any(widget_mime in o.get("data", {}) for o in job_outputs), (
-        f"(5) the saved job output should be the plain bundle, not the widget: {job_outputs}")
+    # The result is the plain bundle (with the verdict); the Keep / Reject buttons under it are a
+    # widget-only output of their own, the one widget a finished job keeps while its kernel lives.
+    assert widget_mime not in job_outputs[0].get("data", {}) and "vydra-verdict-kept" in "".join(
+        job_outputs[0]["data"]["text/html"]), f"(5) the saved job output should be the plain bundle: {job_outputs}"
+    assert all(list(o.get("data", {})) == [widget_mime] for o in job_outputs[1:]), (
+        f"(5) only the Keep / Reject buttons may follow the result, as a widget alone: {job_outputs}")
     report["saved_outputs"] = [sorted(o.get("data", {})) for o in job_outputs]
 
     fresh = page.context.browser.new_context(viewport={"width": 1400, "height": 1100})
