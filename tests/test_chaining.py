@@ -191,6 +191,17 @@ def test_three_prompts_by_two_ratios_make_a_labelled_grid_with_totals(ip: Intera
     assert html.count('<td class="vydra-cell vydra-status-completed">') == 6 and html.count("<img") == 6
     df = grid.dataframe()
     assert list(df.columns[:2]) == ["prompt", "aspect_ratio"] and len(df) == 6
+    # nbconvert shows the same table from the saved output, with no kernel.
+    nbformat = pytest.importorskip("nbformat")
+    nbconvert = pytest.importorskip("nbconvert")
+    nb = nbformat.v4.new_notebook()
+    cell_ = nbformat.v4.new_code_cell("%%vydra " + GROK_LINE + " --wait\n" + GROK_BODY)
+    cell_.outputs = [nbformat.v4.new_output("execute_result", data={"text/html": html, "text/plain": repr(grid)},
+                                            execution_count=1)]
+    nb.cells = [cell_]
+    page, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    rows_c, cols_c = _table_labels(re.sub(r'<th (title="[^"]*") scope="(row|col)"', r'<th scope="\2" \1', page))
+    assert cols_c == cols and rows_c == rows and ">48 credits<" in page
 
 
 def test_the_grid_is_live_while_jobs_run(ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
