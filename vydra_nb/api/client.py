@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,6 +52,7 @@ from vydra_nb.api.jobs import Job, JobRegistry
 from vydra_nb.api.media import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_DOWNLOAD, Downloader, Media, is_safe_url
 from vydra_nb.api.models import CancelResult, Model, Organization, as_int, as_str
 from vydra_nb.api.money import Rate, as_rate, rate_for
+from vydra_nb.api.plan import ConcurrencyGate, PlanLimits
 from vydra_nb.api.polling import DurationPrior, PollPolicy
 from vydra_nb.api.ratelimit import GENERATE, LIST, STATUS, UPLOAD, Limit, RateLimiter
 from vydra_nb.api.settings import download_home, host_key, is_sandbox_url, resolve_api_key
@@ -109,6 +111,11 @@ class APIClient:
         self._models_lock = threading.Lock()
         self._job_listeners: list[Callable[[Job], None]] = []
         self.registry = registry if registry is not None else JobRegistry()
+        self._submitted: weakref.WeakSet[Job] = weakref.WeakSet()
+        self.gate = ConcurrencyGate(lambda: list(self._submitted))
+        self._plan: PlanLimits | None = None
+        self._plan_known = False
+        self._plan_lock = threading.Lock()
         self.credits_remaining: int | None = None
         self.plan: str | None = None  # from the last GET /organization answer: it sets the dollar rate
         self.usd_per_credit = usd_per_credit
@@ -175,6 +182,11 @@ class APIClient:
         return self._transport.requests_sent
 
     @property
+    def rate_limited(self) -> int:
+        """429s this client received: its limiters and the plan's concurrency cap keep this at 0."""
+        return self._transport.rate_limited
+
+    @property
     def limiter(self) -> RateLimiter:
         return self._transport.limiter
 
@@ -207,6 +219,41 @@ class APIClient:
                 callback(job)
             except Exception:  # a broken listener must not break the submission or the tracker
                 log.exception("a job listener failed")
+
+    # -- the plan -------------------------------------------------------------------------------
+    def plan_limits(self, *, refresh: bool = False) -> PlanLimits | None:
+        """The plan's limits (``GET /account/rate-limits``), asked once per client; None where the
+        server does not say. The concurrency cap and a tighter per-minute limit apply at once."""
+        with self._plan_lock:
+            if self._plan_known and not refresh:
+                return self._plan
+            try:
+                resp = self._transport.send("GET", "/account/rate-limits", category=LIST)
+                plan = PlanLimits.from_api(resp.data)
+            except VydraError as exc:
+                if getattr(exc, "status_code", None) is None:
+                    raise  # the network, not the server's silence: ask again next time
+                plan = None  # 404 and the like: this server does not say
+            self._plan, self._plan_known = plan, True
+        if plan is not None:
+            self.gate.cap = plan.concurrent
+            if plan.rpm:
+                self.limiter[GENERATE].tighten(limit=plan.rpm, remaining=None, reset_in=None)
+        return plan
+
+    def _wait_for_a_slot(self, slug: str) -> None:
+        """Before a generation: learn the plan once, then wait while this client's jobs fill its
+        concurrency cap (a 429 avoided, never a second charge risked)."""
+        if not self._plan_known:
+            try:
+                self.plan_limits()
+            except VydraError:
+                pass  # the submission itself will say what is wrong with the connection
+
+        def waiting(running: int) -> None:
+            log.info("%s waits for a slot: %d jobs running, the plan allows %s at once", slug, running, self.gate.cap)
+
+        self.gate.acquire(waiting=waiting)
 
     def duration_prior(self, model: str | None) -> DurationPrior | None:
         """What is known of ``model``'s durations on this server before a job says anything: nothing,
@@ -413,12 +460,12 @@ class APIClient:
             body = {k: v for k, v in params.items() if v is not None}
             if isinstance(model, Model):
                 body = self.resolve_inputs(model, body, wait_inputs=wait_inputs).body
-        if not slug or "/" in slug or slug.startswith("."):
-            raise ValidationError(f"{slug!r} is not a model slug.", field="model")
+        path = _model_path(slug)
         body = {k: self._materialize(v, k) for k, v in body.items()}  # uploads: after every check
         key = idempotency_key or f"vydra-nb-{uuid.uuid4().hex}"
+        self._wait_for_a_slot(slug)
         try:
-            resp = self._transport.send("POST", f"/models/{slug}", category=GENERATE, json=body, idempotency_key=key)
+            resp = self._transport.send("POST", path, category=GENERATE, json=body, idempotency_key=key)
         except InsufficientCreditsError as exc:
             # The 402 says what is left: the balance is known without asking. The error itself
             # says it is too low, so no warning on top of it.
@@ -441,6 +488,7 @@ class APIClient:
                 )
         listed = m if validate else (model if isinstance(model, Model) else self._cached_model(slug))
         job = self.adopt(Job(id=job_id[:200], model=slug, params=dict(body), idempotency_key=key))
+        self._submitted.add(job)  # counted against the plan's concurrency cap until it ends
         # The catalog's price now, so that a later price change does not rewrite the past.
         job.tag = job.tag or tag
         if listed is not None and job.catalog_credits is None:
@@ -680,6 +728,17 @@ def _default_limits(overrides: Mapping[str, Limit] | None) -> dict[str, Limit]:
     merged = dict(DEFAULT_LIMITS)
     merged.update(overrides or {})
     return merged
+
+
+def _model_path(slug: str) -> str:
+    """``/models/{slug}``, each segment quoted: live routes use slugs with a slash (``elevenlabs/tts``),
+    but no segment may be empty, ``.`` or ``..`` (a path that would leave ``/models``)."""
+    from urllib.parse import quote
+
+    segments = slug.split("/") if isinstance(slug, str) else [""]
+    if not slug or any(s in ("", ".", "..") or s != s.strip() for s in segments):
+        raise ValidationError(f"{slug!r} is not a model slug.", field="model")
+    return "/models/" + "/".join(quote(s, safe="") for s in segments)
 
 
 def _quote_id(job_id: str) -> str:

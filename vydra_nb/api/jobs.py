@@ -30,7 +30,8 @@ from vydra_nb.api.polling import DurationPrior, EndWindow, Observation, PollPoli
 log = logging.getLogger("vydra_nb")
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "pending", "running", "completed", "failed", "cancelled"
-TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+LOST = "lost"  # our own word: the server that ran it is gone for good (a stopped sandbox)
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, LOST})
 _STATUS_ALIASES = {
     "queued": PENDING, "submitted": PENDING, "created": PENDING, "waiting": PENDING,
     "processing": RUNNING, "in_progress": RUNNING, "started": RUNNING, "generating": RUNNING,
@@ -45,7 +46,7 @@ def normalize_status(raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
         return "unknown"
     s = raw.strip().lower()
-    if s in (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED):
+    if s in (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, LOST):
         return s
     return _STATUS_ALIASES.get(s, s[:40])
 
@@ -277,6 +278,12 @@ class Job:
     @property
     def followed(self) -> bool:
         return self._followers > 0
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until the job changes (or ends), or ``timeout`` seconds pass, sending nothing."""
+        with self._changed:
+            if not self.done:
+                self._changed.wait(timeout)
 
     def apply(self, data: dict[str, Any]) -> bool:
         """Merge an API job view (or submit answer) into this job; True when anything changed.
