@@ -469,3 +469,31 @@ def test_live_flavour_is_understood() -> None:
 def test_spec_flavour_has_no_job_listing(client: vydra_nb.Client) -> None:
     with pytest.raises(vydra_nb.NotFoundError):
         client.list_jobs()
+
+
+def test_network_errors_name_the_real_cause() -> None:
+    """A DNS failure is not "connection refused": each says what it is, in one line."""
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    refused = vydra_nb.Client(api_key="k_test", base_url=f"http://127.0.0.1:{port}/api/v1", history=False, max_retries=0)
+    with pytest.raises(vydra_nb.APIConnectionError, match="connection refused"):
+        refused.organization()
+    unresolvable = vydra_nb.Client(api_key="k_test", base_url="https://no-such-host.invalid/api/v1", history=False,
+                                   max_retries=0)
+    with pytest.raises(vydra_nb.APIConnectionError, match="could not be resolved") as info:
+        unresolvable.organization()
+    assert "refused" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_too_long_prompt_says_the_rule_that_failed(shared_client: vydra_nb.Client) -> None:
+    model = shared_client.model("veo3")
+    limit = model.properties["prompt"].get("maxLength")
+    if limit is None:
+        pytest.skip("the sandbox's veo3 prompt has no maxLength")
+    with pytest.raises(vydra_nb.ValidationError) as info:
+        shared_client.generate("veo3", prompt="word " * (limit // 5 + 1))
+    assert f"the limit is {limit:,}" in str(info.value) and "characters" in str(info.value)

@@ -396,6 +396,16 @@ class Model:
             bounds = bounds_text(p.get("minimum"), p.get("maximum"), exclusive_minimum=p.get("exclusiveMinimum"),
                                  exclusive_maximum=p.get("exclusiveMaximum"))
             return f"{name} must be {bounds or error.message} (got {value!r})."
+        if error.validator in ("maxLength", "minLength") and isinstance(value, str):
+            limit = error.validator_value
+            if error.validator == "maxLength":
+                return f"{name} is {len(value):,} characters; the limit is {limit:,}. Shorten it."
+            return f"{name} is {len(value):,} characters; it needs at least {limit:,}."
+        if error.validator in ("maxItems", "minItems") and isinstance(value, list):
+            bound = "at most" if error.validator == "maxItems" else "at least"
+            return f"{name} has {len(value):,} items; it takes {bound} {error.validator_value:,}."
+        if error.validator == "pattern" and isinstance(value, str):
+            return f"{name} does not match the pattern {error.validator_value!r} the model requires."
         if error.validator in ("anyOf", "oneOf") and not name:
             options = [sorted(s.get("required", [])) for s in error.validator_value if isinstance(s, dict)]
             words = " or ".join("/".join(o) for o in options if o)

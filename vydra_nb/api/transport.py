@@ -19,6 +19,7 @@ import email.utils
 import logging
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -358,27 +359,46 @@ def _never_sent(exc: BaseException) -> bool:
 
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
+    never = (u3.NewConnectionError, u3.ConnectTimeoutError, u3.NameResolutionError, ConnectionRefusedError)
+    return any(isinstance(cur, never) for cur in _causes(exc))
+
+
+def _short(exc: BaseException) -> str:
+    """The real cause of a network failure, in a few words: a DNS failure is not a refusal."""
+    import ssl
+
+    import urllib3.exceptions as u3
+
+    chain = _causes(exc)
+    if any(isinstance(c, (u3.NameResolutionError, socket.gaierror)) for c in chain):
+        return "the host name could not be resolved (check the URL and your network)"
+    if any(isinstance(c, (requests.exceptions.SSLError, ssl.SSLError, u3.SSLError)) for c in chain):
+        return "the TLS handshake failed (certificate or proxy problem)"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connecting timed out"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if any(isinstance(c, ConnectionRefusedError) for c in chain):
+        return "connection refused"
+    if _never_sent(exc):
+        return "could not connect"
+    return {"ConnectionError": "connection dropped"}.get(type(exc).__name__, type(exc).__name__)
+
+
+def _causes(exc: BaseException) -> list[Any]:
+    """``exc`` and everything it wraps (causes, contexts, urllib3 reasons, arguments)."""
     seen: set[int] = set()
     stack: list[Any] = [exc]
+    found: list[Any] = []
     while stack:
         cur = stack.pop()
         if cur is None or id(cur) in seen:
             continue
         seen.add(id(cur))
-        if isinstance(cur, (u3.NewConnectionError, u3.ConnectTimeoutError, u3.NameResolutionError, ConnectionRefusedError)):
-            return True
+        found.append(cur)
         if isinstance(cur, BaseException):
             stack.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None), *cur.args])
-    return False
-
-
-def _short(exc: BaseException) -> str:
-    name = type(exc).__name__
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if _never_sent(exc):
-        return "connection refused"
-    return {"ConnectionError": "connection dropped"}.get(name, name)
+    return found
 
 
 
