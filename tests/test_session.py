@@ -142,20 +142,31 @@ def test_vydra_job_on_a_resumed_job_is_the_tracked_object(ip: InteractiveShell) 
 def test_wait_in_a_cell_polls_no_more_than_job_wait(ip: InteractiveShell) -> None:
     """0.1: `%%vydra --wait` polled the job from the tracker and from job.wait() (15 calls vs 9)."""
     ip.run_line_magic("config", "VydraMagics.auto_download = False")
-    ip.run_line_magic("vydra", "sandbox --speed 20 --credits 5000")
     session = current_session()
+    # Both jobs must last as long as each other for their polls to be compared: exact durations.
+    session.start_sandbox(credits=5000, speed=20, durations="exact")
+
+    def count_status_calls(client: vydra_nb.Client) -> list[str]:
+        """Record each GET /jobs/{id} this client sends (counting only: the call goes through)."""
+        calls: list[str] = []
+        original = client.job_status
+
+        def counted(job_id: str) -> dict[str, Any]:
+            calls.append(job_id)
+            return original(job_id)
+
+        client.job_status = counted  # type: ignore[method-assign]
+        return calls
+
     # job.wait() alone, from a plain client on the same sandbox
     alone = vydra_nb.Client(history=False)
+    solo_calls = count_status_calls(alone)
     job = alone.generate("veo3", prompt="waited alone")
-    before = alone.requests_sent
     job.wait(timeout=60)
-    solo = alone.requests_sent - before
-    cell_client = session.client
-    cell_client.models()  # the model list is cached before counting
-    before = cell_client.requests_sent
+    cell_calls = count_status_calls(session.client)
     cell_job = ip.run_cell_magic("vydra", "veo3 --wait --yes", "waited in a cell")
-    in_cell = cell_client.requests_sent - before - 2  # less the POST, and the balance read after it
     assert cell_job.status == "completed"
+    solo, in_cell = solo_calls.count(job.id), cell_calls.count(cell_job.id)
     assert solo >= 2 and in_cell <= solo + 1, (in_cell, solo)
 
 
@@ -296,3 +307,33 @@ def test_session_state_is_reset_cleanly(sb: sandbox_mod.Sandbox) -> None:
     assert job.followed
     session.reset()
     assert not job.followed and session.existing_client is None
+
+
+# -- a stopped sandbox's jobs, and the history after a restart ------------------------------------------
+def test_a_stopped_sandboxs_jobs_are_lost_not_pending_and_job_id_shows_the_history(
+    ip: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ip.run_line_magic("vydra", "sandbox --speed 1 --credits 5000")  # veo3 takes minutes: it will not end
+    job = vydra_nb.Client().generate("veo3", prompt="left running")
+    capsys.readouterr()
+    ip.run_line_magic("vydra", "sandbox --speed 100 --credits 1000")  # a new one replaces it, and says so
+    said = capsys.readouterr().out
+    assert "Stopped the sandbox at" in said and "1 unfinished job(s) went with it" in said
+    row = current_session().history().get(job.id)
+    assert row["status"] == "lost"
+    assert current_session().resume() == 0  # nothing to resume on a sandbox that is gone
+    shown = ip.run_line_magic("vydra", f"job {job.id}")
+    out = capsys.readouterr().out
+    assert f"Job {job.id}: from the history, since the sandbox that ran it is gone." in out
+    assert "left running" in shown.data and "lost" in shown.data
+
+
+def test_job_id_without_any_backend_shows_the_history(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("vydra", "sandbox --speed 100 --credits 1000")
+    job = ip.run_cell_magic("vydra", "nano-banana --wait", "an apple to remember")
+    current_session().reset()  # a new kernel: no key, no sandbox
+    capsys.readouterr()
+    shown = ip.run_line_magic("vydra", f"job {job.id}")
+    out = capsys.readouterr().out
+    assert f"Job {job.id}: from the history, since it ran on 127.0.0.1:" in out and "not on the server in use" in out
+    assert "an apple to remember" in shown.data and "completed" in shown.data

@@ -23,6 +23,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, nee
 from traitlets import Bool, Float, Int, Unicode, observe
 
 from vydra_nb.api.errors import VydraError, one_line, shown
+from vydra_nb.api.settings import host_matches
 from vydra_nb.notebook.magic_args import (
     GENERIC_FLAGS,
     JOB_STATUSES,
@@ -560,18 +561,45 @@ class VydraMagics(Magics):
         job_id = parse_line_command("job", args).id
         from vydra_nb.tracking.history import job_from_row
 
-        client = self.client
+        row = self.session.history().get(job_id)
+        try:
+            client = self.client
+        except VydraError as exc:  # no key, no sandbox: what the history knows is still worth showing
+            if row is None:
+                raise
+            return self._from_history(row, f"the service cannot be asked ({one_line(str(exc), 80)})")
         known = client.registry.get(client.host, job_id)
         if known is not None and known.done:
             return known
-        row = self.session.history().get(job_id)
-        if row is not None and row.get("status") in ("completed", "failed", "cancelled"):
-            return client.adopt(job_from_row(row))
-        with self._job_not_found(job_id):
+        if row is not None:
+            if row.get("status") == "lost":
+                return self._from_history(row, "the sandbox that ran it is gone")
+            if not host_matches(row.get("host"), client.base_url):
+                return self._from_history(row, f"it ran on {row.get('host')}, not on the server in use")
+            if row.get("status") in ("completed", "failed", "cancelled"):
+                return client.adopt(job_from_row(row))
+        try:
             job = client.job(job_id)
+        except VydraError as exc:
+            if row is None:
+                with self._job_not_found(job_id):
+                    raise
+            return self._from_history(row, f"the service cannot be asked ({one_line(str(exc), 80)})")
         if row is not None and not job.params:
             job.params = row.get("params") or {}
         return job
+
+    def _from_history(self, row: dict[str, Any], why: str) -> Any:
+        """The history's record of a job, shown plainly (status, prompt, cost, saved file, a player
+        for a saved file), saying that it comes from the history and why."""
+        from IPython.display import HTML
+
+        from vydra_nb.tracking.history import job_from_row
+        from vydra_nb.views import display as D
+
+        job = job_from_row(row)
+        print(f"Job {job.id}: from the history, since {why}.")
+        return HTML(D.job_html(job))
 
     def _cmd_cancel(self, args: list[str]) -> None:
         job_id = parse_line_command("cancel", args).id
@@ -621,11 +649,22 @@ class VydraMagics(Magics):
         # UsageError, not the sandbox's ValueError traceback.
         opts = parse_line_command("sandbox", args)
         if opts.stop:
-            if not self.session.stop_sandbox():
+            lost = self.session.stop_sandbox()
+            if lost is None:
                 print("No sandbox is running; nothing changed.")
                 return
+            if lost:
+                print(f"{lost} unfinished sandbox job(s) went with it; the history marks them lost.")
             print("Sandbox stopped; the session uses the real service again.")
             return
+        old = self.session.sandbox
+        if old is not None and (opts.credits is not None or opts.speed is not None):
+            lost = self.session.stop_sandbox() or 0
+            went = f"; {lost} unfinished job(s) went with it (marked lost in the history)" if lost else ""
+            print(f"Stopped the sandbox at {old.url} and its fake credits{went}.")
+        elif old is not None:
+            print(f"A sandbox is already running at {old.url}: keeping it and its jobs "
+                  "(give --credits or --speed for a new one, --stop to stop it).")
         box = self.use_sandbox(credits=opts.credits, speed=opts.speed)
         print(f"SANDBOX at {box.url} · {box.state()['balance']:,} fake credits · speed ×{box.speed:g}. "
               "Nothing here costs money.")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vydra_nb.api.errors import HistoryWarning
-from vydra_nb.api.settings import data_home, host_matches
+from vydra_nb.api.settings import data_home, host_key, host_matches
 
 if TYPE_CHECKING:
     from vydra_nb.api.jobs import Job, JobRegistry
@@ -184,16 +184,24 @@ class Session:
             self._client = None
             return self._sandbox
 
-    def stop_sandbox(self) -> bool:
-        """Stop the sandbox this session started, if any; False when there was none."""
+    def stop_sandbox(self) -> int | None:
+        """Stop the sandbox this session started; None when there was none, else how many of its
+        unfinished jobs the history now marks ``lost`` (they went with it)."""
         with self._lock:
             box, self._sandbox = self._sandbox, None
             if box is None:
-                return False
+                return None
             if self._client is not None and self._client.base_url == box.url:
                 self._client = None
+            if self._tracker is not None:
+                for job in self._tracker.live:
+                    if job.host == host_key(box.url):
+                        self._tracker.untrack(job)
         box.stop()
-        return True
+        try:
+            return self.history().mark_lost(host_key(box.url), "the sandbox that ran it was stopped")
+        except Exception:  # the history is a record, not a reason to keep a sandbox running
+            return 0
 
     # -- the history --------------------------------------------------------------------------
     def history(self) -> History:

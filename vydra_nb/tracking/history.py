@@ -311,6 +311,18 @@ class History:
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
 
+    def mark_lost(self, host: str | None, reason: str) -> int:
+        """Jobs of ``host`` that had not ended, whose server is gone for good (a stopped sandbox):
+        ``lost``, not ``pending`` forever; nothing resumes them and spend reports leave them out.
+        Returns how many."""
+        with self._tx() as conn:
+            cursor = conn.execute(
+                f"UPDATE jobs SET status = 'lost', error_message = COALESCE(error_message, ?), updated_at = ? "
+                f"WHERE host IS ? AND status NOT IN {_TERMINAL_SQL}",
+                (reason, time.time(), host),
+            )
+            return int(cursor.rowcount)
+
     def durations(self, model: str, host: str | None, *, limit: int = 200) -> list[float]:
         """Seconds the latest completed jobs of ``model`` on ``host`` took (newest first), for the
         polling policy's ``DurationPrior``. Another server (another sandbox, at another speed)
