@@ -773,6 +773,7 @@ def price_history_df(
     backend: str | None = "auto",
     client: Any = None,
     jobs: pd.DataFrame | None = None,
+    session: str | None = None,
 ) -> pd.DataFrame:
     """Catalog prices seen over time: one row per model (and priced variant) and price, oldest first.
 
@@ -782,10 +783,11 @@ def price_history_df(
     and ``last_seen`` (the first and last submission at that price, UTC) and ``jobs`` (how many).
     A price that went back to an earlier value is a new row. Variants (Grok's image and video
     modes) are told apart with the model list of ``client`` (default: the session's client, if one
-    was made; no request otherwise), else they show as one. ``backend`` as in ``spend_summary``.
+    was made; no request otherwise), else they show as one. ``backend`` as in ``spend_summary``,
+    ``session`` as in ``jobs_df`` (``"current"``: this kernel's jobs only); ``jobs`` a ``jobs_df()``.
     """
     df = jobs if jobs is not None else jobs_df(since=since, model=model, history=history, backend=backend,
-                                               parse_params=True)
+                                               parse_params=True, session=session)
     # Oldest first; jobs created in the same instant in the order they were recorded.
     known = df[df["catalog_credits"].notna()].iloc[::-1].sort_values("created_at", kind="stable")
     catalog = _model_map(client)
@@ -841,7 +843,7 @@ def _model_map(client: Any) -> dict[str, Any]:
 def _variant_label(model: Any, params: Any) -> str | None:
     if model is None or not hasattr(model, "price_variant"):
         return None
-    label: str | None = model.price_variant(params if isinstance(params, dict) else {})
+    label: str | None = model.price_variant(params if isinstance(params, dict) else _loads(params))
     return label
 
 
