@@ -71,9 +71,10 @@ def test_with_steady_progress_a_job_is_seen_within_targets_for_no_more_requests_
 
 def test_with_erratic_progress_it_is_prompt_for_about_the_10_s_polls_requests() -> None:
     """A pace that changes (80 % in the first 30 % of the time, then a crawl) misleads every
-    estimate for a while: the result is still seen promptly, for at most 10 % more requests."""
+    estimate for a while: the result is still seen within about 2 s (p95 under 4 s), for at most
+    10 % more requests. (The sandbox's erratic shapes are measured by benchmarks/bench_latency.py.)"""
     median, p95, requests = summary("erratic")
-    assert median < 1.5 and p95 < 4.0, (median, p95)
+    assert median < 2.0 and p95 < 4.0, (median, p95)
     assert requests <= 1.1 * BASE_REQUESTS, (requests, BASE_REQUESTS)
 
 

@@ -272,10 +272,12 @@ class PollPolicy:
         """
         spacing = self.budget_interval(live_jobs)
         if window is None:
-            # Nothing known: the baseline's pace, on the baseline's grid (10 s, 20 s, ... after submission).
-            age = max(0.0, now - start)
-            next_tick = (math.floor(age / self.baseline_interval + 1e-9) + 1) * self.baseline_interval
-            return max(next_tick - age, spacing, self.min_delay * 0.5), False
+            # Nothing known: the baseline's pace exactly, 10 s after submission, then 10 s after
+            # each answer (no more requests than the plain poll, whatever the latency).
+            if polls == 0:
+                first = max(0.0, start + self.baseline_interval - now)
+                return max(first, spacing, self.min_delay * 0.5), False
+            return max(self.baseline_interval, spacing), False
         lo, hi = window.earliest, window.latest
         if now < lo:
             # A narrow window is one landing poll just after it; a wide one is entered at its start.
