@@ -154,7 +154,7 @@ def test_never_more_requests_than_the_10_s_poll_plus_a_few_and_never_lost(durati
     polls, late = follow(mode, duration, latency=latency)
     base_polls, base_late = baseline(duration)
     assert late <= max(base_late, 10.0) + latency + 1e-6
-    assert polls <= base_polls + 4, (polls, base_polls)
+    assert polls <= max(base_polls + 5, 1.5 * base_polls), (polls, base_polls)  # short erratic jobs: a few more
 
 
 def test_routine_polls_step_aside_when_the_status_window_is_nearly_used_up() -> None:

@@ -294,9 +294,9 @@ class PollPolicy:
             # Inside: the requests polling every 10 s would have spent over the job's life, spread
             # evenly over what is left of the window; a window narrow enough gets dense polls even
             # a little past that budget, which is where a result is seen within a second or two.
-            budget = max(1.0, (hi - start) / self.baseline_interval - polls)
-            spacing = min(max((hi - now) / budget, self.dense_min), self.baseline_interval)
-            if window.spread <= 4 * self.dense_max:
+            left = (hi - start) / self.baseline_interval - polls
+            spacing = min(max((hi - now) / max(1.0, left), self.dense_min), self.baseline_interval)
+            if window.spread <= 4 * self.dense_max and left > -2:  # overspend by two polls at most
                 spacing = min(spacing, self.dense_max)
             return max(self.dense_min, min(spacing, hi - now + self.eta_margin)), True
         # Overdue: the estimate was early. Back off with the lateness, up to the 10 s pace; while
