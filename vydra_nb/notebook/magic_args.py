@@ -27,9 +27,9 @@ import math
 import re
 import shlex
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
@@ -706,7 +706,33 @@ def _build_line_parsers() -> dict[str, LineParser]:
     return parsers
 
 
-LINE_PARSERS = _build_line_parsers()
+_V = TypeVar("_V")
+
+
+class Lazy(Mapping[str, _V]):
+    """A mapping built on first use: ``%load_ext vydra_nb`` must not pay for a dozen argparse
+    parsers (and their help texts) that a session may never need."""
+
+    def __init__(self, build: Callable[[], Mapping[str, _V]]) -> None:
+        self._build = build
+        self._built: Mapping[str, _V] | None = None
+
+    def _all(self) -> Mapping[str, _V]:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def __getitem__(self, key: str) -> _V:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+LINE_PARSERS: Mapping[str, LineParser] = Lazy(_build_line_parsers)
 
 
 def parse_line_command(command: str, args: list[str]) -> argparse.Namespace:

@@ -29,6 +29,7 @@ from vydra_nb.notebook.magic_args import (
     JOB_STATUSES,
     LINE_PARSERS,
     PARAM_PREFIX,
+    Lazy,
     cell_flag_table,
     cell_help,
     command_summaries,
@@ -54,7 +55,7 @@ log = logging.getLogger("vydra_nb")
 ERROR_CHARS = 300  # the longest error a cell shows; longer texts are cut with "…"
 
 # Each command and what `%vydra help` says of it, from its parser (magic_args.LINE_PARSERS).
-COMMANDS = command_summaries()
+COMMANDS: Mapping[str, str] = Lazy(command_summaries)
 
 # Line commands whose arguments are ids and plain options: ``{expr}`` and ``$var`` in them are
 # expanded from the user's variables, as IPython does for other line magics. ``generate`` (a cell
