@@ -59,8 +59,8 @@ def median_per_call(fn: Callable[[int], Any], calls: int) -> float:
 
 def run(rows: int, repeat: int, record_calls: int, folder: Path) -> dict[str, Any]:
     from vydra_nb.analysis import frames
-    from vydra_nb.tracking.history import _UPSERT, COLUMNS, History
     from vydra_nb.api.jobs import Job
+    from vydra_nb.tracking.history import _UPSERT, COLUMNS, History
 
     history = History(folder / "history.sqlite3")
     t = time.perf_counter()
@@ -140,7 +140,7 @@ def print_table(result: dict[str, Any]) -> None:
                       f"{ratio:.2f}x", m["target"], "ok" if m["ok"] else "MISSED"))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     for n, row in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
     print(f"(setup: {result['rows']:,} rows inserted in {result['setup_insert_s']:.2f} s; "

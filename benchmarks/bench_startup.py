@@ -42,7 +42,7 @@ print(json.dumps({"shell_s": t1 - t0, "load_s": t2 - t1, "new_modules": len(new)
 
 def _one(mode: str, env: dict[str, str]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, env=env, timeout=60, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"start-up probe ({mode}) failed: {proc.stderr.strip()[-500:]}")

@@ -138,7 +138,6 @@ def mixed_plan(n: int) -> list[tuple[str, dict[str, Any]]]:
 
 def run_cap_ours(sb: Any, key: str, n: int, speed: float) -> dict[str, Any]:
     import vydra_nb
-    from vydra_nb.analysis.sweeps import sweep
     from vydra_nb.tracking.tracker import Tracker
 
     client = vydra_nb.Client(api_key=key, base_url=sb.url, time_scale=1.0 / speed, history=False)

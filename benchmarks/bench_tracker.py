@@ -138,8 +138,8 @@ def run(quick: bool = False, *, n: int | None = None, speed: float | None = None
         widgets: bool = True) -> dict[str, Any]:
     import vydra_nb
     from vydra_nb import sandbox
-    from vydra_nb.tracking.tracker import Tracker
     from vydra_nb.api.ratelimit import GENERATE, Limit
+    from vydra_nb.tracking.tracker import Tracker
 
     cfg = dict(QUICK if quick else FULL)
     n = n or cfg["n"]

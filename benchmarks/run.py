@@ -69,7 +69,7 @@ def run_history(quick: bool, timeout: float = 300.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vydra-bench-history-") as tmp:
         out = Path(tmp) / "history.json"
         cmd = [sys.executable, str(script), "--json", str(out)] + (["--quick"] if quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy(), check=False)
         if not out.exists():
             raise RuntimeError(f"bench_history.py wrote no JSON (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
         data = json.loads(out.read_text())
@@ -136,7 +136,7 @@ def table(results: list[dict[str, Any]], markdown: bool = False) -> str:
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []
     for n, row in enumerate(lines):
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

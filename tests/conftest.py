@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 import vydra_nb
-from vydra_nb.session import current as current_session
 from vydra_nb import sandbox as sandbox_mod
+from vydra_nb.session import current as current_session
 
 SPEED = 100.0  # a 90 s Veo job takes about a second; rate windows shrink to 0.6 s
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from vydra_nb.views import display as D
 from vydra_nb.api.jobs import Job
 from vydra_nb.tracking.tracker import Tracker
+from vydra_nb.views import display as D
 
 EVIL = "<script>alert(1)</script>"
 
@@ -102,7 +102,7 @@ def test_text_view_prints_at_a_sensible_rate(shared_client) -> None:
     assert "saved to" in lines[-1]
     for _ in range(3):
         job._notify()
-    assert lines[-1].count("saved to") == 1 and len([l for l in lines if "saved to" in l]) == 1
+    assert lines[-1].count("saved to") == 1 and len([ln for ln in lines if "saved to" in ln]) == 1
     view.close()
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from vydra_nb import JobFailedError
 from vydra_nb import sandbox as sandbox_mod
-from vydra_nb.tracking.history import COLUMNS, SCHEMA_VERSION, _MIGRATIONS, History, job_from_row
 from vydra_nb.api.jobs import Job
+from vydra_nb.tracking.history import _MIGRATIONS, COLUMNS, SCHEMA_VERSION, History, job_from_row
 
 from .conftest import make_client
 
@@ -29,7 +29,7 @@ def _run(code: str, env: dict[str, str], timeout: float = 90.0) -> str:
     """Run ``code`` in a fresh interpreter (a new kernel, as far as the history can tell)."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env=env, capture_output=True, text=True, timeout=timeout,
+        env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )
     assert proc.returncode == 0, f"subprocess failed:\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc.stdout

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-
 WRITERS = 4
 JOBS_PER_WRITER = 300
 SHARED_JOBS = 20  # updated by every writer; finished by one (its "owner")
@@ -49,8 +48,8 @@ def _writer(n: int, home: str, start_at: float, barrier: Any, errors: Any) -> No
     try:
         from datetime import datetime, timezone
 
-        from vydra_nb.session import current as current_session
         from vydra_nb.api.jobs import Job
+        from vydra_nb.session import current as current_session
 
         while time.time() < start_at:  # all processes are up by then; they start together
             time.sleep(0.002)

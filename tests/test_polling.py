@@ -161,8 +161,8 @@ def test_routine_polls_step_aside_when_the_status_window_is_nearly_used_up() -> 
     """The tracker keeps the last 20 % of the status window for polls aimed at a job's end."""
     from vydra_nb import Client
     from vydra_nb.api.jobs import Job
-    from vydra_nb.tracking.tracker import Tracker
     from vydra_nb.api.ratelimit import STATUS, Limit
+    from vydra_nb.tracking.tracker import Tracker
 
     client = Client(api_key="k", base_url="http://127.0.0.1:9/api/v1", rate_limits={STATUS: Limit(10, 60.0)})
     window = client.limiter[STATUS]

@@ -48,8 +48,8 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import vydra_nb
 from vydra_nb.api.errors import OutcomeUnknownError, VydraError
-from vydra_nb.session import current as current_session
 from vydra_nb.api.jobs import TERMINAL, Job
+from vydra_nb.session import current as current_session
 
 from .conftest import end_vydra_session
 

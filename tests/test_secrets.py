@@ -29,8 +29,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import vydra_nb
-from vydra_nb.session import current as current_session
 from vydra_nb import sandbox as sandbox_mod
+from vydra_nb.session import current as current_session
 
 from .rawserver import Reply, Seen, raw_server
 
@@ -257,8 +257,8 @@ def test_login_keeps_the_key_in_a_secret(
 def test_widgets_helpers_reprs_history_and_files(
     cclient: vydra_nb.Client, canary: Canary, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from vydra_nb.tracking.tracker import Tracker
     from vydra_nb.notebook.studio import Studio
+    from vydra_nb.tracking.tracker import Tracker
     from vydra_nb.views.job_view import JobView
 
     caplog.set_level(logging.DEBUG)

@@ -7,8 +7,8 @@ from typing import Any
 import ipywidgets as W
 import pytest
 
-from vydra_nb.tracking.tracker import Tracker
 from vydra_nb.notebook.studio import Studio, studio
+from vydra_nb.tracking.tracker import Tracker
 from vydra_nb.views.job_view import JobView
 
 

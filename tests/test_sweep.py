@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from vydra_nb import VydraError, ValidationError
-from vydra_nb.tracking.tracker import Tracker
+from vydra_nb import ValidationError, VydraError
 from vydra_nb.analysis.sweeps import combinations, sweep
+from vydra_nb.tracking.tracker import Tracker
 from vydra_nb.views.job_view import JobView
 
 

@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -459,4 +459,4 @@ def prompts_from_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-__all__: Iterable[str] = ["Sweep", "sweep", "combinations", "prompts_from_lines"]
+__all__ = ["Sweep", "sweep", "combinations", "prompts_from_lines", "sweep_axes"]

@@ -234,6 +234,7 @@ def _body_chunks(resp: requests.Response, deadline: float, limit: float, job_id:
     def reader() -> bytes:
         if source is not None:
             return next(source, b"")
+        assert read1 is not None  # source is None only when the raw stream has read1
         return read1(_CHUNK, decode_content=True)
 
     while True:

@@ -36,7 +36,8 @@ class PlanLimits:
         """Parse the answer tolerantly; None when it carries no limits at all."""
         if not isinstance(data, dict):
             return None
-        limits = data.get("limits") if isinstance(data.get("limits"), dict) else data
+        nested = data.get("limits")
+        limits: dict[str, Any] = nested if isinstance(nested, dict) else data
         values = {k: as_int(limits.get(k)) for k in ("rpm", "rph", "rpd", "concurrent")}
         values = {k: v if v is not None and v > 0 else None for k, v in values.items()}
         if not any(values.values()):

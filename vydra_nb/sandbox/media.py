@@ -772,7 +772,7 @@ def compose_videos(srcs: list, dst, soundtrack=None) -> None:
                 containers.append(av.open(str(p), "r"))
             except (_AVError, OSError, ValueError) as exc:
                 raise ValueError(f"cannot read media {str(p)!r}: {exc}") from None
-        infos = [_video_info(c, p) for c, p in zip(containers, paths)]
+        infos = [_video_info(c, p) for c, p in zip(containers, paths, strict=True)]
         vs0, rate, _ = infos[0]
         width, height = _even(vs0.codec_context.width), _even(vs0.codec_context.height)
         fps = float(rate)
@@ -780,7 +780,7 @@ def compose_videos(srcs: list, dst, soundtrack=None) -> None:
         has_audio = any(a is not None for a in audios) or voice is not None
         pieces = []
         counts = []
-        for (vs, _, duration), a in zip(infos, audios):
+        for (_vs, _, duration), a in zip(infos, audios, strict=True):
             count = max(1, int(round(duration * fps)))
             counts.append(count)
             if has_audio:
@@ -793,7 +793,7 @@ def compose_videos(srcs: list, dst, soundtrack=None) -> None:
             c.seek(0)
 
         def frames():
-            for c, count in zip(containers, counts):
+            for c, count in zip(containers, counts, strict=True):
                 yield from _frames_at(c, fps, 0.0, count / fps)
 
         audio = np.concatenate(pieces) if has_audio else None
@@ -837,9 +837,7 @@ def extract_frame(src, dst, *, at: float = 0.0) -> None:
         vs, rate, duration = _video_info(c, p)
         if at >= duration:
             raise ValueError(f"at ({at}) is beyond the clip's duration ({duration:.3f} s)")
-        frame = None
-        for frame in _frames_at(c, float(rate), at, at + 1.0 / float(rate)):
-            break
+        frame = next(iter(_frames_at(c, float(rate), at, at + 1.0 / float(rate))), None)
         if frame is None:
             raise ValueError("no frame at that time")
         img = frame.to_image()

@@ -183,7 +183,7 @@ class JobView(W.VBox):
         super().__init__(children=[self.header, self.progress_row], **kwargs)
         self.add_class("vydra-job-view")
         self._render()
-        self._unsubscribe = job.subscribe(self._on_change)
+        self._unsubscribe: Callable[[], None] | None = job.subscribe(self._on_change)
         if not job.done:
             CLOCK.add(self)
 
@@ -241,7 +241,7 @@ class JobView(W.VBox):
                 self.cancel_button.disabled = True
                 # The widget shows the URL; base64 over the comm channel would be heavy.
                 self.result.value = D.outcome_html(job, embed_limit_bytes=0, media_embed_limit_bytes=0)
-                if self.result not in self.children:
+                if self.result not in tuple(getattr(self, "children", ())):
                     self.children = [self.header, self.progress_row, self.result]
                 self._final_rendered = True
 
@@ -449,7 +449,7 @@ def show_job(
         # ends as the plain result too, and is closed like any other.
         bundle = D.widget_only(super(JobView, view)._repr_mimebundle_())
     else:
-        bundle = view._repr_mimebundle_()
+        bundle = view._repr_mimebundle_() or {}
     handle = display(bundle, raw=True, display_id=True)
     buttons = _verdict_buttons(job) if verdicts and not transient else None
     shown: dict[str, Any] = {"html": None, "view": view}  # the view is dropped once closed
