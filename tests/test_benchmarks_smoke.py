@@ -38,16 +38,19 @@ def test_quick_benchmark_suite_runs(tmp_path: Path) -> None:
         return next(r for (s, m), r in rows.items() if s == section and m.startswith(starts))
 
     # Every comparison carries its baseline, measured in this run, and the ratio between them.
-    for key in [("latency", "delay median"), ("sweep", "sweep of"), ("startup", "start-up: IPython"),
+    for key in [("latency", "[coarse] delay median"), ("latency", "[none] delay median"), ("sweep", "sweep of"),
+                ("sweep", "capped sweep of"), ("startup", "start-up: IPython"),
                 ("history", "history: jobs_df")]:
         r = row(*key)
         assert r["baseline"] is not None and r["ratio"] is not None and r["target"], r
     # What does not depend on the machine's speed.
     assert row("sweep", "sweep: 429s")["ours"] == 0
     assert row("tracker", "")["ours"] == 0  # the first tracker row: 429s received
-    assert row("latency", "429s")["ours"] == 0
+    assert row("latency", "[coarse] 429s")["ours"] == 0 and row("latency", "[none] 429s")["ours"] == 0
+    assert row("sweep", "capped sweep: 429s")["ours"] == 0
     assert row("startup", "start-up: pandas/ipywidgets")["ours"] == "none"
-    latency = sections["latency"]["details"]["variants"]
-    assert all(v["unseen"] == 0 and not v["errors"] for v in latency.values()), latency
+    for mode, details in sections["latency"]["details"].items():
+        latency = details["variants"]
+        assert all(v["unseen"] == 0 and not v["errors"] for v in latency.values()), (mode, latency)
     # The table a person reads names the baseline, the ratio and the target side by side.
     assert "baseline" in proc.stdout and "ratio" in proc.stdout and "target" in proc.stdout
