@@ -264,6 +264,8 @@ def test_a_failed_job_is_no_input(sb: Any, primed: vydra_nb.Client) -> None:
 def test_jobs_fill_list_fields_and_the_utility_composes_them(sb: Any, primed: vydra_nb.Client) -> None:
     clip = primed.generate("veo3", prompt="a lighthouse at dusk").wait(60)
     voice = primed.generate("elevenlabs-tts", text="The light comes on at dusk.").wait(30)
+    one = primed.prepare("video-compose", {"video_urls": clip})[1]
+    assert one == {"video_urls": [clip.media_url]}  # one job where a list is expected: a list of one
     cut = primed.generate("video-compose", video_urls=[clip], audio_url=voice).wait(60)
     assert cut.params == {"video_urls": [clip.media_url], "audio_url": voice.media_url}
     assert cut.output and cut.output["duration"] == pytest.approx(clip.output["duration"], abs=0.5)

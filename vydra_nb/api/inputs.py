@@ -467,6 +467,8 @@ def resolve_inputs(model: Model, params: Mapping[str, Any], *, wait: bool | floa
         takes = field_kind(name)
         is_list = fields[name]
         items = list(value) if is_list and isinstance(value, (list, tuple)) else None
+        if is_list and items is None and isinstance(value, (Job, Media, PurePath, LocalFile)):
+            items = [value]  # one clip for ``video_urls``: a list of one
         if items is None:
             body[name], sources_one = _resolve_one(value, name, takes, wait, remote, check_file)
             if sources_one:
