@@ -34,7 +34,7 @@ def _settle(tracker: Tracker) -> None:
 
 def test_completed_video_becomes_a_player(shared_client: Any) -> None:
     job, view, tracker = _run(shared_client, prompt="<script>alert(1)</script> lake")
-    assert view.bar.value == 0 and not view.cancel_button.disabled
+    assert view.bar.value <= 5 and not view.cancel_button.disabled  # veo3 reports no percentage: an estimate, near 0
     assert view.children == (view.header, view.progress_row)
     assert "veo3" in view.header.value and "&lt;script&gt;" in view.header.value and "SANDBOX" in view.header.value
     _settle(tracker)

@@ -17,6 +17,7 @@ stay fast): the tracker, the history and the client are made on first use.
 
 from __future__ import annotations
 
+import collections
 import threading
 import warnings
 import weakref
@@ -67,6 +68,7 @@ class Session:
         self._history: History | None = None
         self._unrecorded: set[str] = set()
         self._stores: weakref.WeakKeyDictionary[Job, History] = weakref.WeakKeyDictionary()
+        self._retained: dict[str, collections.deque[Any]] = {}
         self._budgets: Budgets | None = None
 
     def __repr__(self) -> str:
@@ -202,6 +204,19 @@ class Session:
             return self.history().mark_lost(host_key(box.url), "the sandbox that ran it was stopped")
         except Exception:  # the history is a record, not a reason to keep a sandbox running
             return 0
+
+    def retain(self, group: str, closable: Any, limit: int) -> None:
+        """Keep at most ``limit`` objects of ``group`` open, closing the oldest (``.close()``): views
+        that outlive their job (Keep / Reject buttons) stay bounded in a long session."""
+        with self._lock:
+            kept = self._retained.setdefault(group, collections.deque())
+            kept.append(closable)
+            old = [kept.popleft() for _ in range(max(0, len(kept) - limit))]
+        for item in old:
+            try:
+                item.close()
+            except Exception:  # closing is housekeeping; it must never break a cell
+                pass
 
     # -- the history --------------------------------------------------------------------------
     def history(self) -> History:

@@ -91,13 +91,21 @@ class VerdictButtons(W.ToggleButtons):
         super().close()
 
 
+LIVE_VERDICTS = 20
+"""How many finished jobs keep live Keep / Reject buttons: the most recent ones. Older buttons are
+closed (their job's plain output keeps its verdict), so a 300-job session stays flat."""
+
+
 def show_verdict(job: Job) -> VerdictButtons:
     """Display Keep / Reject for ``job`` in the current cell (call it from the cell), as the widget
     alone: nothing of it goes into a saved notebook's text or nbval's comparison."""
     from IPython.display import display
 
+    from vydra_nb.session import current as current_session
+
     buttons = VerdictButtons(job)
     display(D.widget_only(buttons._repr_mimebundle_()), raw=True, display_id=True)
+    current_session().retain("verdicts", buttons, LIVE_VERDICTS)
     return buttons
 
 
