@@ -228,6 +228,11 @@ def test_models_and_jobs_tables(ip: InteractiveShell) -> None:
     job = ip.run_cell_magic("vydra", "elevenlabs-tts --wait", "recorded")
     jobs = ip.run_line_magic("vydra", "jobs --limit 5")
     assert job.id in set(jobs["id"])
+    # A compact table by default (0.1 printed all 22 columns); --all-columns for the rest.
+    assert list(jobs.columns) == ["id", "model", "status", "credits", "prompt", "age", "file"]
+    assert jobs.set_index("id").loc[job.id, "credits"] == 5 and jobs.set_index("id").loc[job.id, "age"].endswith("ago")
+    wide = ip.run_line_magic("vydra", "jobs --limit 5 --all-columns")
+    assert {"credits_charged", "params", "backend", "verdict"} <= set(wide.columns)
 
 
 def test_completion(ip: InteractiveShell) -> None:

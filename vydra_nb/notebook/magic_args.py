@@ -673,6 +673,8 @@ def _build_line_parsers() -> dict[str, LineParser]:
     p.add_argument("--model", metavar="M", help="only jobs of this model")
     p.add_argument("--sync", action="store_true", help="first merge the server's job list into the history")
     p.add_argument("--resume", action="store_true", help="first track again every unfinished job")
+    p.add_argument("--all-columns", action="store_true",
+                   help="every column of jobs_df() (default: id, model, status, credits, prompt, age, file)")
     p = parsers["generate"] = command("generate", "Submit without a prompt (video utilities, speech-to-speech)",
                                       "The flags are those of a %%vydra cell: `%vydra help MODEL`.",
                                       usage="%(prog)s MODEL [flags]")

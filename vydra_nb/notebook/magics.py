@@ -526,8 +526,8 @@ class VydraMagics(Magics):
             print(f"Resumed tracking {count} unfinished job(s).")
         from vydra_nb.analysis.frames import jobs_df
 
-        df = jobs_df(model=opts.model, status=opts.status)
-        return df.head(opts.limit)
+        df = jobs_df(model=opts.model, status=opts.status).head(opts.limit)
+        return df if opts.all_columns else compact_jobs(df)
 
     SYNC_PAGE = 100
     SYNC_MAX = 2000  # 20 status checks: a fifth of a minute's budget, far past any lost job's age
@@ -852,6 +852,34 @@ def vydra_help_end(lines: list[str]) -> list[str]:
         match = _HELP_END.match(line.rstrip("\r\n"))
         out.append(f"{match.group(1)}%vydra help {match.group(2)}\n" if match else line)
     return out
+
+
+def compact_jobs(df: Any) -> Any:
+    """What `%vydra jobs` shows by default: id, model, status, credits, prompt, age and file, not the
+    twenty-odd columns of ``jobs_df()`` (``--all-columns`` shows those)."""
+    import pandas as pd
+
+    out = pd.DataFrame(index=df.index)
+    for column in ("id", "model", "status"):
+        out[column] = df[column]
+    out["credits"] = df["credits_charged"].fillna(0).astype("Int64") - df["credits_refunded"].fillna(0).astype("Int64")
+    out["prompt"] = df["prompt"].map(lambda p: p if not isinstance(p, str) or len(p) <= 60 else p[:59] + "…")
+    now = pd.Timestamp.now(tz="UTC")
+    out["age"] = (now - df["created_at"]).map(_age_text)
+    out["file"] = df["local_path"].map(lambda p: p.rsplit("/", 1)[-1] if isinstance(p, str) and p else "")
+    return out
+
+
+def _age_text(delta: Any) -> str:
+    import pandas as pd
+
+    if delta is None or pd.isna(delta):
+        return ""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{max(0, seconds)}s ago"
 
 
 def load(shell: Any) -> VydraMagics:
