@@ -321,8 +321,9 @@ def test_studio_submit_follows_form_validity(lab: Any, page: Any, artifacts: Pat
     assert veo3 is not None, f"(4) veo3 should be in the model picker: {labels}"
     picker.select_option(label=veo3)
     submit = studio.locator("button", has_text="Submit")
-    prompt = studio.locator(".widget-textarea textarea").first
-    prompt.wait_for(state="visible")
+    # veo3's own prompt field (the page may still show the previous model's form for a moment).
+    prompt = studio.locator(".vydra-field-veo3-prompt textarea").first
+    prompt.wait_for(state="visible", timeout=10_000)
     assert prompt.input_value() == ""
 
     # Empty prompt: invalid, Submit disabled with the reason.

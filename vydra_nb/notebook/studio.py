@@ -11,6 +11,7 @@ reason shown beside the disabled Submit button is exactly what the client would 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from typing import Any
 
@@ -160,6 +161,9 @@ class Studio(W.VBox):
         rows: list[W.Widget] = []
         for p in params:
             widget = self._make_field(p, prompt_field)
+            # Which model's form a field belongs to, in the page too: a front end that has not yet
+            # drawn the new form still shows the old one, and nothing may be typed into that.
+            widget.add_class(field_class(model.slug, p.name))
             self._initial[p.name] = widget.value
             widget.observe(lambda _change: self.update_state(), names="value")
             self.fields[p.name] = widget
@@ -447,6 +451,11 @@ class Studio(W.VBox):
             else:
                 widget.value = value
         self.update_state()
+
+
+def field_class(slug: str, name: str) -> str:
+    """The CSS class of a studio form field: ``vydra-field-veo3-prompt`` (reduced to ``[a-z0-9-]``)."""
+    return "vydra-field-" + re.sub(r"[^a-z0-9-]+", "-", f"{slug}-{name}".lower()).strip("-")
 
 
 def studio(client: APIClient | None = None, model: str | None = None, *, tag: str | None = None) -> Studio:
