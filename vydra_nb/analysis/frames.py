@@ -787,46 +787,44 @@ def price_history_df(
     ``session`` as in ``jobs_df`` (``"current"``: this kernel's jobs only); ``jobs`` a ``jobs_df()``.
     """
     df = jobs if jobs is not None else jobs_df(since=since, model=model, history=history, backend=backend,
-                                               parse_params=True, session=session)
+                                               session=session)
     # Oldest first; jobs created in the same instant in the order they were recorded.
     known = df[df["catalog_credits"].notna()].iloc[::-1].sort_values("created_at", kind="stable")
+    slugs = known["model"].astype(object).where(known["model"].notna(), "unknown")
+    # Variants only where a model prices a parameter's values: the parameters of those rows alone
+    # are read (decoding every job's JSON would cost more than the rest together).
     catalog = _model_map(client)
-    variants = [
-        _variant_label(catalog.get(str(slug)), params)
-        for slug, params in zip(known["model"], known["params"], strict=True)
-    ]
+    priced = {slug for slug, m in catalog.items() if any(getattr(p, "prices", None) for p in m.parameters)}
+    variants = pd.Series("", index=known.index, dtype=object)
+    mask = slugs.isin(priced).to_numpy(dtype=bool)
+    if mask.any():
+        variants[mask] = [_variant_label(catalog[slug], params) or ""
+                          for slug, params in zip(slugs[mask], known["params"][mask], strict=True)]
     frame = pd.DataFrame({
-        "model": known["model"].astype(object).where(known["model"].notna(), "unknown"),
-        "variant": pd.Series(variants, index=known.index, dtype=object),
-        "credits": known["catalog_credits"].astype("Int64"),
-        "pricing_unit": known["pricing_unit"],
-        "created_at": known["created_at"],
-    })
-    rows: list[dict[str, Any]] = []
-    for (slug, variant), group in frame.groupby(["model", frame["variant"].fillna("")], sort=True):
-        previous = None
-        run: dict[str, Any] | None = None
-        for credits, unit, when in zip(group["credits"], group["pricing_unit"], group["created_at"], strict=True):
-            price = int(credits)
-            if run is not None and price == run["credits"]:
-                run["last_seen"], run["jobs"] = when, run["jobs"] + 1
-                continue
-            if run is not None:
-                previous = run["credits"]
-                rows.append(run)
-            run = {"model": slug, "variant": variant or None, "credits": price, "pricing_unit": unit,
-                   "previous_credits": previous, "change": None if previous is None else price - previous,
-                   "first_seen": when, "last_seen": when, "jobs": 1}
-        if run is not None:
-            rows.append(run)
-    out = pd.DataFrame(rows, columns=list(PRICE_HISTORY_COLUMNS))
+        "model": slugs, "variant": variants, "credits": known["catalog_credits"].astype("Int64"),
+        "pricing_unit": known["pricing_unit"], "created_at": known["created_at"],
+    }).sort_values(["model", "variant"], kind="stable")  # each model's and variant's jobs, oldest first
+    same_price = frame["credits"].eq(frame["credits"].shift()).fillna(False)
+    same_key = frame["model"].eq(frame["model"].shift()) & frame["variant"].eq(frame["variant"].shift())
+    run = (~(same_price & same_key)).cumsum()  # a new run at each price change, and at each model
+    g = frame.groupby(run.to_numpy(), sort=False)
+    out = pd.DataFrame({
+        "model": g["model"].first(), "variant": g["variant"].first(), "credits": g["credits"].first(),
+        "pricing_unit": g["pricing_unit"].first(), "first_seen": g["created_at"].first(),
+        "last_seen": g["created_at"].last(), "jobs": g.size(),
+    }).reset_index(drop=True)
+    follows = out["model"].eq(out["model"].shift()) & out["variant"].eq(out["variant"].shift())
+    out["previous_credits"] = out["credits"].shift().where(follows.to_numpy())
+    out["change"] = out["credits"] - out["previous_credits"]
+    out["variant"] = out["variant"].where(out["variant"] != "", None)
+    out = out[list(PRICE_HISTORY_COLUMNS)]
     for col in ("credits", "previous_credits", "change", "jobs"):
         out[col] = pd.to_numeric(out[col]).astype("Int64")
     for col in ("model", "variant", "pricing_unit"):
         out[col] = out[col].astype(TEXT_DTYPE)
     for col in ("first_seen", "last_seen"):
         out[col] = pd.to_datetime(out[col], utc=True)
-    return out.reset_index(drop=True)
+    return out
 
 
 def _model_map(client: Any) -> dict[str, Any]:
