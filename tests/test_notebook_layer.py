@@ -278,7 +278,7 @@ def test_question_mark_help_lists_every_command_and_option(ip: InteractiveShell,
 def test_line_options_are_parsed_by_argparse_in_our_words(ip: InteractiveShell,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert error_of(ip, "%vydra jobs --lim 5", capsys) == (
-        "Unknown option '--lim' for `%vydra jobs`. Did you mean --limit? Options: --status, --limit, --model, --sync, --resume.")
+        "Unknown option '--lim' for `%vydra jobs`. Did you mean --limit? Options: --status, --limit, --model, --sync, --resume, --all-columns.")
     assert error_of(ip, "%vydra models --all=yes", capsys) == "--all takes no value (got 'yes')."
     assert error_of(ip, "%vydra sandbox --speed -inf", capsys) == "--speed needs a positive number, not -inf."
     assert error_of(ip, "%vydra jobs --status", capsys) == "--status needs a value."
