@@ -214,8 +214,6 @@ def end_window(
 @dataclass(frozen=True)
 class PollPolicy:
     min_delay: float = 1.0
-    max_delay: float = 20.0
-    growth: float = 1.5
     overdue_delay: float = 1.0
     # When overdue by ``x`` s, poll again in ``x * overdue_backoff`` s (at least ``overdue_delay``).
     overdue_backoff: float = 0.5
@@ -241,7 +239,6 @@ class PollPolicy:
         return replace(
             self,
             min_delay=self.min_delay * factor,
-            max_delay=self.max_delay * factor,
             overdue_delay=self.overdue_delay * factor,
             eta_margin=self.eta_margin * factor,
             eta_max_delay=self.eta_max_delay * factor,
@@ -305,45 +302,3 @@ class PollPolicy:
         late = now - hi
         cap = self.dense_max if polls + 1 < (now - start) / self.baseline_interval else self.baseline_interval
         return max(self.overdue_delay, min(late * self.overdue_backoff, cap)), True
-
-    def next_delay(
-        self,
-        *,
-        previous_delay: float | None,
-        remaining: float | None,
-        live_jobs: int = 1,
-    ) -> float:
-        """Seconds until the next poll of one job, from a point estimate of the time remaining.
-
-        The simpler form of :meth:`plan`, kept for callers with one number (``remaining``: the
-        estimated seconds until the job ends, None when unknown, <= 0 when overdue).
-        """
-        backoff = self.min_delay if previous_delay is None else min(self.max_delay, previous_delay * self.growth)
-        routine = max(backoff, self.min_delay, self.budget_interval(live_jobs))
-        if remaining is None:
-            return routine
-        if remaining <= 0:
-            return max(self.overdue_delay, min(-remaining * self.overdue_backoff, routine))
-        landing = remaining + self.eta_margin
-        if landing <= routine:
-            return landing
-        return max(routine, min(remaining / 2, self.eta_max_delay))
-
-
-def estimate_remaining(
-    first: tuple[float, float] | None, last: tuple[float, float] | None, now: float
-) -> float | None:
-    """Seconds until 100 % from two (time, progress) observations, assuming a steady rate.
-
-    Progress is read as the middle of its whole percent (servers floor it). None when there is no
-    rate yet (fewer than two distinct observations, or no progress).
-    """
-    if first is None or last is None:
-        return None
-    (t0, p0), (t1, p1) = first, last
-    if p1 >= 100:
-        return 0.0
-    if t1 <= t0 or p1 <= p0:
-        return None
-    rate = (p1 - p0) / (t1 - t0)
-    return (100.0 - (p1 + 0.5)) / rate - (now - t1)

@@ -19,12 +19,13 @@ import base64
 import html
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vydra_nb.api.media import atomic_write
 
 log = logging.getLogger("vydra_nb")
 
@@ -64,20 +65,6 @@ def is_video(path: Path | None) -> bool:
 
 def poster_path(video: Path) -> Path:
     return video.with_name(video.stem + ".poster.jpg")
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".jpg", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _jpeg(image: Any, side: int, quality: int) -> bytes:
@@ -154,7 +141,7 @@ def make_poster(video: Path, *, side: int = POSTER_SIDE, quality: int = POSTER_Q
         frames = list(_frames_at(video, [poster_time(length)], 1))
         if not frames:
             raise ValueError("no frame could be decoded")
-        _atomic_write(target, _jpeg(frames[0][1], side, quality))
+        atomic_write(target, [_jpeg(frames[0][1], side, quality)])
     except Exception as exc:  # a damaged or unusual file: show the video without a poster
         warnings.warn(f"No poster for {video.name}: {type(exc).__name__}: {str(exc)[:100]}", PosterWarning, stacklevel=2)
         return None
@@ -182,7 +169,7 @@ def thumbnail(image: Path, *, side: int = POSTER_SIDE, quality: int = POSTER_QUA
     except Exception:  # an image Pillow cannot read: the caller shows it another way
         return None
     try:
-        _atomic_write(target, data)
+        atomic_write(target, [data])
     except OSError:  # a read-only folder: the thumbnail is made again next time
         pass
     return data
@@ -221,7 +208,7 @@ class Frames:
         paths = []
         for i, data in enumerate(self.jpegs):
             path = folder / f"{self.job_id}_frame_{i:02d}.jpg"
-            _atomic_write(path, data)
+            atomic_write(path, [data])
             paths.append(path)
         return paths
 
