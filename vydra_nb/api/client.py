@@ -498,7 +498,7 @@ class APIClient:
         if "createdAt" not in data:
             job.created_at = datetime.now(timezone.utc)
         if not job.apply(data):
-            job._notify()  # listeners (the history store) hear of every accepted job
+            job.announce()  # listeners (the history store) hear of every accepted job
         balance = as_int(data.get("creditsRemaining"))
         self._check_catalog_price(job, body)
         self._check_balance(job, balance)
@@ -543,7 +543,7 @@ class APIClient:
         price = fresh.price(dict(body))
         if price is not None and price != listed:
             job.catalog_credits, job.pricing_unit = price, fresh.pricing_unit
-            job._notify()
+            job.announce()
 
     def _check_balance(self, job: Job, balance: int | None) -> None:
         """Learn the balance after a submission and warn if it crossed the threshold.

@@ -263,6 +263,11 @@ class Job:
             except Exception:  # a broken view must not break tracking
                 log.exception("a job listener failed")
 
+    def announce(self) -> None:
+        """Tell the listeners (the history store first) about this job as it stands: what the
+        client does for a job it has just created, changed or not."""
+        self._notify()
+
     # -- following (the tracker) --------------------------------------------------------------
     def follow(self) -> None:
         """A tracker now keeps this job up to date: ``wait()`` watches its updates instead of polling."""
