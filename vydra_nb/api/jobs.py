@@ -125,7 +125,7 @@ class Job:
         self._media: list[Media] | None = None
         self._media_of: Any = None  # the output object ``_media`` was read from
         self._unsafe_warned = False
-        self._listeners: list[Callable[[Job], None]] = []
+        self._listeners: list[Callable[[Job], object]] = []
         self._observations: deque[Observation] = deque(maxlen=40)  # the answers, for the end estimate
         self.polls = 0  # status requests spent on this job (by ``refresh``)
         self.submitted_at = time.monotonic()
@@ -238,7 +238,7 @@ class Job:
             return None
         return max(0.0, self.ended_seen_at - self.submitted_at)
 
-    def subscribe(self, callback: Callable[[Job], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Job], object]) -> Callable[[], None]:
         """Call ``callback(job)`` after every change; returns a function that unsubscribes."""
         with self._lock:
             self._listeners.append(callback)

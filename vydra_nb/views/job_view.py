@@ -452,22 +452,17 @@ def show_job(
         bundle = view._repr_mimebundle_() or {}
     handle = display(bundle, raw=True, display_id=True)
     buttons = _verdict_buttons(job) if verdicts and not transient else None
-    shown: dict[str, Any] = {"html": None, "view": view}  # the view is dropped once closed
+    rewrite = _plain_rewriter(handle, None)
+    live: dict[str, Any] = {"view": view}  # the view is dropped once closed
     lock = threading.Lock()
 
     def finish(j: Job) -> None:
         """Write the plain final bundle over the view (again when it changes: a download), then
         close the view: after the update, so no output ever points at a closed model."""
-        if not j.done:
+        if not j.done or not rewrite(j):
             return
-        bundle = D.job_bundle(j)
         with lock:
-            if bundle["text/html"] == shown["html"]:
-                return
-            shown["html"] = bundle["text/html"]
-            if handle is not None:
-                handle.update(bundle, raw=True)
-            ended, shown["view"] = shown["view"], None
+            ended, live["view"] = live["view"], None
         if ended is not None:
             ended.close()
 
@@ -478,21 +473,28 @@ def show_job(
     return JobDisplay(job, view, handle, buttons)
 
 
-def _follow_plain(job: Job, handle: Any, html: str) -> None:
-    """Rewrite a finished job's plain output when it changes (a verdict, a note, a download)."""
+def _plain_rewriter(handle: Any, html: str | None) -> Callable[[Job], bool]:
+    """A function that writes a job's plain bundle over the output ``handle`` shows, when it differs
+    from what was last written (``html`` at first); it returns whether it wrote."""
     shown = {"html": html}
     lock = threading.Lock()
 
-    def changed(j: Job) -> None:
+    def rewrite(j: Job) -> bool:
         bundle = D.job_bundle(j)
         with lock:
             if bundle["text/html"] == shown["html"]:
-                return
+                return False
             shown["html"] = bundle["text/html"]
-        if handle is not None:
-            handle.update(bundle, raw=True)
+            if handle is not None:
+                handle.update(bundle, raw=True)
+        return True
 
-    job.subscribe(changed)
+    return rewrite
+
+
+def _follow_plain(job: Job, handle: Any, html: str) -> None:
+    """Rewrite a finished job's plain output when it changes (a verdict, a note, a download)."""
+    job.subscribe(_plain_rewriter(handle, html))
 
 
 def _verdict_buttons(job: Job) -> Any:
