@@ -310,10 +310,7 @@ def parse_cell(line: str, body: str, model: Model, namespace: Mapping[str, Any] 
             if "," in raw and _sweepable(param):
                 values = [_convert(param, part.strip(), its_flag) for part in raw.split(",") if part.strip()]
                 if len(values) > 1:
-                    _refuse_duplicates(its_flag, values)
-                    once(param.name, shown(raw), values, param, its_flag)
-                    cmd.grid[param.name] = values
-                    cmd.params.pop(param.name, None)
+                    _sweep_over(cmd, param, values, shown(raw), its_flag, once)
                     continue
                 raw = raw.strip(", ")
             converted = _convert(param, raw, its_flag)
@@ -381,10 +378,7 @@ def _object_value(cmd: CellCommand, param: Parameter, value: Any, flag: str, *, 
         return
     if is_uri:
         if items is not None and len(items) > 1:
-            _refuse_duplicates(flag, items)
-            once(param.name, shown(value), items, param, flag)
-            cmd.grid[param.name] = items
-            cmd.params.pop(param.name, None)
+            _sweep_over(cmd, param, items, shown(value), flag, once)
             return
         if items is not None:
             if not items:
@@ -401,10 +395,7 @@ def _object_value(cmd: CellCommand, param: Parameter, value: Any, flag: str, *, 
                              "enums and numbers.")
         values = [_convert(param, _scalar_text(v, flag), flag) for v in items]
         if len(values) > 1:
-            _refuse_duplicates(flag, values)
-            once(param.name, shown(value), values, param, flag)
-            cmd.grid[param.name] = values
-            cmd.params.pop(param.name, None)
+            _sweep_over(cmd, param, values, shown(value), flag, once)
             return
         value = items[0]
     converted = _convert(param, _scalar_text(value, flag), flag)
@@ -419,6 +410,15 @@ def _scalar_text(value: Any, flag: str) -> str:
     if isinstance(value, (str, int, float)):
         return str(value)
     raise UsageError(f"{flag} takes a value, not a {type(value).__name__} ({shown(value)}).")
+
+
+def _sweep_over(cmd: CellCommand, param: Parameter, values: list[Any], shown_as: str, flag: str,
+                once: Callable[..., None]) -> None:
+    """Sweep ``param`` over ``values``: each a separate paid job, so none twice, and given once."""
+    _refuse_duplicates(flag, values)
+    once(param.name, shown_as, values, param, flag)
+    cmd.grid[param.name] = values
+    cmd.params.pop(param.name, None)
 
 
 def _refuse_duplicates(flag: str, values: list[Any]) -> None:
