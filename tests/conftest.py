@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 import vydra_nb
 from vydra_nb import sandbox as sandbox_mod
@@ -59,3 +61,19 @@ def shared_client(shared_sandbox: sandbox_mod.Sandbox) -> Iterator[vydra_nb.Clie
 def end_vydra_session(shell: object = None) -> None:
     """Stop the session's sandbox, tracking, key and client, so the next test starts clean."""
     current_session().reset()
+
+
+@pytest.fixture
+def ip() -> Iterator[InteractiveShell]:
+    """A real IPython shell with the extension loaded and a fast sandbox as the session's backend
+    (modules that need another shell define their own ``ip``)."""
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "vydra_nb")
+    shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
+    shell.run_line_magic("vydra", "sandbox --speed 100 --credits 5000")
+    yield shell
+    end_vydra_session(shell)
+
+
+def magics_of(shell: InteractiveShell) -> Any:
+    return shell.magics_manager.registry["VydraMagics"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from vydra_nb.api.models import Model
 from vydra_nb.notebook.magic_args import interpolate, parse_cell, request_bodies
 from vydra_nb.session import current as current_session
 
-from .conftest import end_vydra_session
+from .conftest import end_vydra_session, magics_of
 
 VEO_LIKE = Model.from_api(
     {
@@ -93,18 +92,6 @@ def test_interpolation() -> None:
 
 
 # -- a real shell against the sandbox ---------------------------------------------------------
-@pytest.fixture
-def ip() -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "vydra_nb")
-    shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
-    shell.run_line_magic("vydra", "sandbox --speed 100 --credits 5000")
-    yield shell
-    end_vydra_session(shell)
-
-
-def magics_of(shell: InteractiveShell) -> Any:
-    return shell.magics_manager.registry["VydraMagics"]
 
 
 def balance(shell: InteractiveShell) -> int:

@@ -24,22 +24,8 @@ from vydra_nb.api.models import Model
 from vydra_nb.notebook.magic_args import parse_cell, request_bodies
 from vydra_nb.session import current as current_session
 
-from .conftest import end_vydra_session
+from .conftest import magics_of
 from .rawserver import Reply, Seen, raw_server
-
-
-@pytest.fixture
-def ip() -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "vydra_nb")
-    shell.run_line_magic("config", "VydraMagics.resume_on_load = False")
-    shell.run_line_magic("vydra", "sandbox --speed 100 --credits 5000")
-    yield shell
-    end_vydra_session(shell)
-
-
-def magics_of(shell: InteractiveShell) -> Any:
-    return shell.magics_manager.registry["VydraMagics"]
 
 
 def error_of(shell: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str]) -> str:
